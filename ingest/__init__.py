@@ -1,0 +1,1 @@
+"""Curator side: provenance, verification, chunking, ledger, ingestion."""

@@ -1,0 +1,236 @@
+"""Curator commands: keys, sign, verify, ingest, import, remove, documents, ledger. Thin shells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ingest import provenance
+from ingest.ledger import Ledger
+from rag.settings import Settings
+
+console = Console()
+keys_app = typer.Typer(help="Curator signing keys.", no_args_is_help=True)
+import_app = typer.Typer(help="Import document collections as signed documents.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The append-only, hash-chained ingest ledger.", no_args_is_help=True)
+
+Origins = ("human", "human-edited-ai", "ai-generated")
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Argument(help="Curator name; the files are NAME.key and NAME.pub.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the key pair.")],
+    trust: Annotated[Path | None, typer.Option("--trust", help="Also add the public key to this trust store.")] = None,
+    expires: Annotated[str | None, typer.Option(help="Expiry for the trust entry (RFC 3339).")] = None,
+) -> None:
+    """Create an Ed25519 key pair (private key mode 0600, never overwritten).
+
+    Example: rag keys new alice --out ~/.rag-keys --trust knowledge_base/trust.json
+    """
+    private_path, public = provenance.write_key_pair(name, out)
+    console.print(f"private key: {private_path} (keep it secret)\nkey id: {provenance.key_id(public)}")
+    if trust is not None:
+        provenance.add_trusted_key(trust, name, public, expires=expires)
+        console.print(f"trusted in {trust}")
+
+
+def sign(
+    files: Annotated[list[Path], typer.Argument(help="Documents to sign (.md, .txt, .html).", exists=True, dir_okay=False)],
+    key: Annotated[Path, typer.Option("--key", help="Curator private key (PEM).")],
+    author: Annotated[list[str], typer.Option("--author", help="Author of the text; repeat for several.")],
+    license: Annotated[str, typer.Option("--license", help="SPDX licence id, e.g. CC-BY-4.0.")],
+    origin: Annotated[str, typer.Option("--origin", help="human | human-edited-ai | ai-generated")],
+    title: Annotated[str | None, typer.Option(help="Title (default: file name).")] = None,
+    source_uri: Annotated[str | None, typer.Option("--source-uri", help="Where the text comes from.")] = None,
+    root: Annotated[Path | None, typer.Option(help="Corpus root the subject name is relative to (default: the file's folder).")] = None,
+    curator: Annotated[str | None, typer.Option(help="Curator name (default: the key file's name).")] = None,
+) -> None:
+    """Sign documents: writes FILE.prov.json beside each one.
+
+    Example: rag sign notes.md --key alice.key --author "Ada Lovelace" --license CC-BY-4.0 --origin human
+    """
+    if origin not in Origins:
+        raise typer.BadParameter(f"must be one of {', '.join(Origins)}", param_hint="--origin")
+    private = provenance.load_private_key(key)
+    for file in files:
+        out = provenance.sign_document(
+            file, private, root=root, title=title, authors=author, license=license,
+            origin=origin,  # type: ignore[arg-type]
+            source_uri=source_uri, curator=curator or key.stem,
+        )
+        console.print(f"signed {file} -> {out.name}")
+
+
+def _trust(settings: Settings, trust: Path | None) -> provenance.TrustStore:
+    return provenance.TrustStore.load(trust) if trust else provenance.TrustStore.load(settings.trust_path, settings.local_trust_path)
+
+
+def verify(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="Documents or folders.")],
+    trust: Annotated[Path | None, typer.Option(help="Trust store (default: the configured ones).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check documents without writing anything; exit 1 if any does not verify.
+
+    Example: rag verify knowledge_base/examples/rejected
+    """
+    from ingest.pipeline import Ingestor
+
+    settings = _settings(ctx)
+    ingestor = Ingestor(settings, _NoStore(), _NoEmbedder(), trust=_trust(settings, trust))
+    verdicts = ingestor.verify(paths)
+    if as_json:
+        print(json.dumps([v.as_dict() for v in verdicts], indent=2))
+    else:
+        for v in verdicts:
+            mark = "[green]ok[/green]      " if v.ok else f"[red]rejected[/red] {v.reason}"
+            console.print(f"{mark}  {v.path}" + ("" if v.ok else f"  ({v.detail})"))
+    raise typer.Exit(0 if all(v.ok for v in verdicts) else 1)
+
+
+def ingest(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="Documents or folders to ingest.")],
+    trust: Annotated[Path | None, typer.Option(help="Trust store (default: the configured ones).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+) -> None:
+    """Verify, chunk, embed and store documents; exit 1 if any was rejected.
+
+    Example: rag ingest knowledge_base/examples/rejected ./my-docs
+    """
+    from ingest.pipeline import Ingestor, discover
+    from rag.wiring import build_embedder, build_store
+
+    settings = _settings(ctx)
+    ingestor = Ingestor(settings, build_store(settings), build_embedder(settings), trust=_trust(settings, trust))
+    total = len(discover(paths))
+    with Progress(
+        TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=as_json or total == 0, transient=False,
+    ) as bar:
+        task = bar.add_task("ingest", total=total)
+        report = ingestor.ingest(paths, progress=lambda n: bar.advance(task, n))
+    if as_json:
+        print(json.dumps(report.as_dict()))
+    else:
+        _print_report(report.as_dict())
+    raise typer.Exit(report.exit_code)
+
+
+def _print_report(summary: dict[str, object]) -> None:
+    table = Table(title="ingest summary", show_header=True)
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    for label, key in (("accepted (new)", "accepted"), ("replaced", "replaced"), ("skipped, unchanged", "skipped_unchanged"),
+                       ("skipped, duplicate", "skipped_duplicate"), ("rejected", "rejected")):
+        table.add_row(label, str(summary[key]))
+    reasons = summary["rejected_by_reason"]
+    assert isinstance(reasons, dict)
+    for reason, count in reasons.items():
+        table.add_row(f"  rejected: {reason}", str(count))
+    table.add_row("chunks written", str(summary["chunks"]))
+    table.add_row("seconds", str(summary["seconds"]))
+    table.add_row("chunks/s", str(summary["chunks_per_s"]))
+    console.print(table)
+    rejections = summary["rejections"]
+    assert isinstance(rejections, list)
+    for item in rejections:
+        console.print(f"[red]rejected[/red] {item['reason']:<18} {item['path']}  ({item['detail']})")
+
+
+@import_app.command("pydoc")
+def import_pydoc_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the signed topics into.")],
+    key: Annotated[Path, typer.Option("--key", help="Curator private key that signs them.")],
+) -> None:
+    """Import the Python Language Reference topics shipped with CPython, signed as human-written.
+
+    Example: rag import pydoc --out .rag/corpus/pydoc --key .rag/keys/local-curator.key
+    """
+    from ingest.pydoc_import import import_pydoc
+
+    written = import_pydoc(out, key)
+    console.print(f"imported {len(written)} topics into {out}")
+
+
+def remove(ctx: typer.Context, doc_id: Annotated[str, typer.Argument(help="Document id (see `rag documents`).")]) -> None:
+    """Remove a document and all its chunks (recorded in the ledger)."""
+    from rag.wiring import build_ingestor
+
+    doc = build_ingestor(_settings(ctx)).remove(doc_id)
+    console.print(f"removed {doc.doc_id} ({doc.chunks} chunks)")
+
+
+def documents(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the documents in the knowledge base with their provenance."""
+    from ingest.pipeline import Ingestor
+
+    settings = _settings(ctx)
+    docs = Ingestor(settings, _NoStore(), _NoEmbedder()).documents()
+    if as_json:
+        print(json.dumps(docs, indent=2))
+        return
+    table = Table(title=f"{len(docs)} documents")
+    for column in ("doc_id", "title", "origin", "license", "signer", "chunks", "sha256"):
+        table.add_column(column)
+    for d in docs:
+        table.add_row(d["doc_id"], str(d["title"])[:40], str(d["origin"]), str(d["license"]), str(d["signer_name"]),
+                      str(d["chunks"]), d["sha256"][:12])
+    console.print(table)
+
+
+@ledger_app.command("verify")
+def ledger_verify(ctx: typer.Context) -> None:
+    """Check the ledger's hash chain and head; exit 1 on any edited, dropped or reordered entry."""
+    report = Ledger(_settings(ctx).ledger_path).verify()
+    if report.ok:
+        console.print(f"[green]ledger ok[/green]: {report.entries} entries, head {report.head[:16]}")
+        return
+    for problem in report.problems:
+        console.print(f"[red]{problem}[/red]")
+    raise typer.Exit(1)
+
+
+@ledger_app.command("export")
+def ledger_export(
+    ctx: typer.Context,
+    format: Annotated[str, typer.Option("--format", help="Only prov-json for now.")] = "prov-json",
+) -> None:
+    """Export the ledger as W3C PROV-JSON on standard output."""
+    from ingest.prov_export import ledger_to_prov
+
+    if format != "prov-json":
+        raise typer.BadParameter("only prov-json is supported", param_hint="--format")
+    print(ledger_to_prov(Ledger(_settings(ctx).ledger_path)).serialize(format="json", indent=2))
+
+
+class _NoStore:
+    """For read-only commands that never touch the vector store."""
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError(f"store.{name} used by a read-only command")
+
+
+class _NoEmbedder(_NoStore):
+    dimension = 0
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(import_app, name="import")
+    app.add_typer(ledger_app, name="ledger")
+    for command in (sign, verify, ingest, remove, documents):
+        app.command()(command)

@@ -1,0 +1,383 @@
+"""Signed document provenance: DSSE envelopes around in-toto v1 Statements, Ed25519, RFC 8785.
+
+Verification fails closed: every check must pass, in the order of the design (manifest present,
+parsable, signer known and valid, signature, digest, subject), and the first failure names a
+stable reason code.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rag.errors import KeyFileError, TrustStoreError
+
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://provenance-first-rag.example/document-provenance/v1"
+MANIFEST_SUFFIX = ".prov.json"
+
+Origin = Literal["human", "human-edited-ai", "ai-generated"]
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def normalise_text(text: str) -> str:
+    """The form that is hashed and signed: NFC, LF line ends (UTF-8 when encoded)."""
+    return unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(normalise_text(text).encode("utf-8")).hexdigest()
+
+
+def manifest_path(document: Path) -> Path:
+    return document.with_name(document.name + MANIFEST_SUFFIX)
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+def public_key_bytes(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """Hex sha256 of the raw 32-byte public key."""
+    return hashlib.sha256(public_key_bytes(key)).hexdigest()
+
+
+def write_key_pair(name: str, out_dir: Path) -> tuple[Path, Ed25519PublicKey]:
+    """Create an Ed25519 pair as `NAME.key` (PKCS#8 PEM, mode 0600) and `NAME.pub`; never overwrite."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = out_dir / f"{name}.key", out_dir / f"{name}.pub"
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    try:
+        # O_EXCL: an existing key is never replaced, and the mode is set before any byte is written.
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise KeyFileError(f"{private_path} already exists; keys are never overwritten.", code="key_exists") from exc
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    public = private.public_key()
+    public_path.write_bytes(
+        public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private_path, public
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError as exc:
+        raise KeyFileError(f"Key file {path} does not exist.", code="key_not_found") from exc
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"{path} is not an unencrypted PEM private key.", code="key_invalid") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path} is not an Ed25519 key.", code="key_invalid")
+    return key
+
+
+# --- trust store ----------------------------------------------------------------------------
+
+
+class TrustedKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keyid: str
+    name: str
+    public_key: str = Field(description="base64 of the raw 32-byte Ed25519 public key")
+    added: str | None = None
+    expires: str | None = None
+    revoked: bool = False
+    revoked_at: str | None = None
+    note: str | None = None
+
+    def ed25519(self) -> Ed25519PublicKey:
+        return Ed25519PublicKey.from_public_bytes(base64.b64decode(self.public_key))
+
+
+class TrustStoreFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = 1
+    keys: list[TrustedKey] = Field(default_factory=list)
+
+
+class TrustStore:
+    """Curator public keys by key id, merged from one or more trust files."""
+
+    def __init__(self, keys: dict[str, TrustedKey]) -> None:
+        self.keys = keys
+
+    @classmethod
+    def load(cls, *paths: Path) -> TrustStore:
+        keys: dict[str, TrustedKey] = {}
+        for path in paths:
+            if not path.exists():
+                continue
+            for entry in read_trust_file(path).keys:
+                keys[entry.keyid] = entry
+        return cls(keys)
+
+    def get(self, keyid: str) -> TrustedKey | None:
+        return self.keys.get(keyid)
+
+
+def read_trust_file(path: Path) -> TrustStoreFile:
+    try:
+        return TrustStoreFile.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise TrustStoreError(f"Trust store {path} is unreadable or not a valid trust file: {exc}") from exc
+
+
+def add_trusted_key(path: Path, name: str, public: Ed25519PublicKey, expires: str | None = None) -> TrustedKey:
+    store = read_trust_file(path) if path.exists() else TrustStoreFile()
+    entry = TrustedKey(
+        keyid=key_id(public),
+        name=name,
+        public_key=base64.b64encode(public_key_bytes(public)).decode(),
+        added=utc_now(),
+        expires=expires,
+    )
+    store.keys = [k for k in store.keys if k.keyid != entry.keyid] + [entry]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(store.model_dump_json(indent=2, exclude_none=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return entry
+
+
+# --- manifest -------------------------------------------------------------------------------
+
+
+class Curator(BaseModel):
+    name: str
+    reviewed_at: str
+
+
+class Predicate(BaseModel):
+    title: str
+    authors: list[str] = Field(min_length=1)
+    origin: Origin
+    created: str
+    source_uri: str | None = None
+    license: str
+    curator: Curator
+
+
+class Subject(BaseModel):
+    name: str
+    digest: dict[str, str]
+
+
+class Statement(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    type_: Literal["https://in-toto.io/Statement/v1"] = Field(alias="_type")
+    subject: list[Subject] = Field(min_length=1, max_length=1)
+    predicateType: Literal["https://provenance-first-rag.example/document-provenance/v1"]  # noqa: N815
+    predicate: Predicate
+
+
+class Signature(BaseModel):
+    keyid: str
+    sig: str
+
+
+class Envelope(BaseModel):
+    payloadType: Literal["application/vnd.in-toto+json"]  # noqa: N815
+    payload: str
+    signatures: list[Signature] = Field(min_length=1)
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding of type and body."""
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
+
+
+def build_statement(subject_name: str, digest: str, predicate: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": subject_name, "digest": {"sha256": digest}}],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": predicate,
+    }
+
+
+def sign_statement(statement: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    payload = rfc8785.dumps(statement)
+    signature = key.sign(pae(PAYLOAD_TYPE, payload))
+    return {
+        "payloadType": PAYLOAD_TYPE,
+        "payload": base64.b64encode(payload).decode(),
+        "signatures": [{"keyid": key_id(key.public_key()), "sig": base64.b64encode(signature).decode()}],
+    }
+
+
+def sign_document(
+    document: Path,
+    key: Ed25519PrivateKey,
+    *,
+    root: Path | None = None,
+    title: str | None = None,
+    authors: list[str],
+    license: str,
+    origin: Origin,
+    source_uri: str | None = None,
+    curator: str,
+    created: str | None = None,
+) -> Path:
+    """Write `<document>.prov.json`, signing the normalised text as named relative to `root`."""
+    text = document.read_text(encoding="utf-8")
+    root = root or document.parent
+    now = utc_now()
+    predicate = Predicate(
+        title=title or document.stem,
+        authors=authors,
+        origin=origin,
+        created=created or now,
+        source_uri=source_uri,
+        license=license,
+        curator=Curator(name=curator, reviewed_at=now),
+    ).model_dump(exclude_none=True)
+    statement = build_statement(subject_name(document, root), text_digest(text), predicate)
+    out = manifest_path(document)
+    out.write_text(json.dumps(sign_statement(statement, key), indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def subject_name(document: Path, root: Path) -> str:
+    return document.resolve().relative_to(root.resolve()).as_posix()
+
+
+# --- verification ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of verifying one document; `reason` is a stable code when `ok` is false."""
+
+    path: str
+    doc_id: str
+    ok: bool
+    reason: str | None = None
+    detail: str = ""
+    sha256: str | None = None
+    manifest_sha256: str | None = None
+    predicate: Predicate | None = None
+    signer_keyid: str | None = None
+    signer_name: str | None = None
+    text: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "path": self.path,
+            "doc_id": self.doc_id,
+            "verdict": "verified" if self.ok else "rejected",
+            "reason": self.reason,
+            "detail": self.detail,
+            "sha256": self.sha256,
+            "signer": self.signer_name,
+        }
+        if self.predicate is not None:
+            out["origin"] = self.predicate.origin
+            out["title"] = self.predicate.title
+        return out
+
+
+def _is_past(timestamp: str, now: datetime) -> bool:
+    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment <= now
+
+
+def verify_document(
+    document: Path,
+    root: Path,
+    trust: TrustStore,
+    *,
+    max_bytes: int,
+    now: datetime | None = None,
+) -> Verdict:
+    """Verify `document` against its sidecar manifest and the trust store, failing closed."""
+    now = now or datetime.now(UTC)
+    name = subject_name(document, root)
+    base = {"path": str(document), "doc_id": name}
+
+    def reject(reason: str, detail: str, **extra: Any) -> Verdict:
+        return Verdict(ok=False, reason=reason, detail=detail, **base, **extra)
+
+    try:
+        size = document.stat().st_size
+    except OSError as exc:
+        return reject("unreadable", f"cannot stat the file: {exc.strerror}")
+    if size > max_bytes:
+        return reject("too_large", f"{size} bytes is over the limit of {max_bytes}")
+    try:
+        text = document.read_bytes().decode("utf-8")
+    except OSError as exc:
+        return reject("unreadable", f"cannot read the file: {exc.strerror}")
+    except UnicodeDecodeError:
+        return reject("unreadable", "the file is not valid UTF-8 text")
+    text = normalise_text(text)
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    sidecar = manifest_path(document)
+    if not sidecar.exists():
+        return reject("missing_manifest", f"no {sidecar.name} beside the document", sha256=sha)
+    raw = sidecar.read_bytes()
+    manifest_sha = hashlib.sha256(raw).hexdigest()
+    try:
+        envelope = Envelope.model_validate_json(raw)
+        payload = base64.b64decode(envelope.payload, validate=True)
+        statement = Statement.model_validate_json(payload)
+        signature = base64.b64decode(envelope.signatures[0].sig, validate=True)
+    except (ValidationError, binascii.Error, ValueError) as exc:
+        return reject("malformed_manifest", _first_line(exc), sha256=sha, manifest_sha256=manifest_sha)
+    keyid = envelope.signatures[0].keyid
+    common = {"sha256": sha, "manifest_sha256": manifest_sha, "predicate": statement.predicate, "signer_keyid": keyid}
+
+    trusted = trust.get(keyid)
+    if trusted is None:
+        return reject("unknown_signer", f"key {keyid[:16]}… is not in the trust store", **common)
+    common["signer_name"] = trusted.name
+    if trusted.revoked:
+        return reject("revoked_signer", f"key of {trusted.name} was revoked", **common)
+    if trusted.expires and _is_past(trusted.expires, now):
+        return reject("expired_signer", f"key of {trusted.name} expired at {trusted.expires}", **common)
+    try:
+        trusted.ed25519().verify(signature, pae(envelope.payloadType, payload))
+    except (InvalidSignature, ValueError):
+        return reject("bad_signature", "the signature does not match the manifest payload", **common)
+    subject = statement.subject[0]
+    if subject.digest.get("sha256") != sha:
+        return reject("digest_mismatch", "the text differs from what was signed", **common)
+    if subject.name != name:
+        return reject("subject_mismatch", f"manifest names {subject.name!r}, file is {name!r}", **common)
+    return Verdict(ok=True, text=text, **base, **common)  # type: ignore[arg-type]
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,3 @@
+"""Provenance-first RAG guardrail stack: domain core."""
+
+__version__ = "0.1.0"

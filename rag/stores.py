@@ -1,0 +1,98 @@
+"""Vector stores. Chroma is the default: embedded `PersistentClient`, or `HttpClient` for a server."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from rag.errors import BackendUnavailableError
+from rag.types import Chunk, StoredChunk
+
+# Chroma caps a single add; stay well under it.
+_WRITE_BATCH = 1000
+
+
+class ChromaStore:
+    """Chunks with provenance metadata in a Chroma collection (cosine space)."""
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+
+    @classmethod
+    def open(cls, *, path: Path | None = None, url: str | None = None, collection: str = "knowledge_base") -> ChromaStore:
+        try:
+            import chromadb
+            from chromadb.config import Settings as ChromaSettings
+        except ImportError as exc:  # pragma: no cover - install problem
+            raise BackendUnavailableError("chromadb is not installed: pip install chromadb.") from exc
+        chroma_settings = ChromaSettings(anonymized_telemetry=False)
+        if url:
+            parsed = urlparse(url)
+            try:
+                client: Any = chromadb.HttpClient(
+                    host=parsed.hostname or "localhost",
+                    port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+                    ssl=parsed.scheme == "https",
+                    settings=chroma_settings,
+                )
+            except Exception as exc:
+                raise BackendUnavailableError(f"Cannot reach the Chroma server at {url}: {exc}") from exc
+        else:
+            assert path is not None
+            path.mkdir(parents=True, exist_ok=True)
+            client = chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+        return cls(client.get_or_create_collection(collection, metadata={"hnsw:space": "cosine"}))
+
+    def upsert(self, chunks: Sequence[Chunk], embeddings: Sequence[Sequence[float]]) -> None:
+        for start in range(0, len(chunks), _WRITE_BATCH):
+            part = chunks[start : start + _WRITE_BATCH]
+            self._collection.upsert(
+                ids=[c.id for c in part],
+                embeddings=[list(e) for e in embeddings[start : start + _WRITE_BATCH]],
+                documents=[c.text for c in part],
+                metadatas=[c.metadata for c in part],
+            )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        for start in range(0, len(ids), _WRITE_BATCH):
+            self._collection.delete(ids=list(ids[start : start + _WRITE_BATCH]))
+
+    def ids(self) -> list[str]:
+        out: list[str] = []
+        offset, page = 0, 10_000
+        while True:
+            got = self._collection.get(include=[], limit=page, offset=offset)["ids"]
+            out.extend(got)
+            if len(got) < page:
+                return out
+            offset += page
+
+    def get(self, ids: Sequence[str]) -> list[StoredChunk]:
+        if not ids:
+            return []
+        got = self._collection.get(ids=list(ids), include=["documents", "metadatas"])
+        return [
+            StoredChunk(id=i, text=t or "", metadata=dict(m or {}))
+            for i, t, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
+        ]
+
+    def where(self, where: dict[str, Any]) -> list[StoredChunk]:
+        got = self._collection.get(where=where, include=["documents", "metadatas"])
+        return [
+            StoredChunk(id=i, text=t or "", metadata=dict(m or {}))
+            for i, t, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
+        ]
+
+    def query(self, embedding: Sequence[float], k: int, where: dict[str, Any] | None = None) -> list[StoredChunk]:
+        got = self._collection.query(
+            query_embeddings=[list(embedding)], n_results=k, where=where, include=["documents", "metadatas", "distances"]
+        )
+        return [
+            StoredChunk(id=i, text=t or "", metadata=dict(m or {}), score=1.0 - float(d))
+            for i, t, m, d in zip(got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0], strict=True)
+        ]
+
+    def count(self) -> int:
+        return int(self._collection.count())
