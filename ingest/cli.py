@@ -47,14 +47,18 @@ def keys_new(
 
 
 def sign(
-    files: Annotated[list[Path], typer.Argument(help="Documents to sign (.md, .txt, .html).", exists=True, dir_okay=False)],
+    files: Annotated[
+        list[Path], typer.Argument(help="Documents to sign (.md, .txt, .html).", exists=True, dir_okay=False)
+    ],
     key: Annotated[Path, typer.Option("--key", help="Curator private key (PEM).")],
     author: Annotated[list[str], typer.Option("--author", help="Author of the text; repeat for several.")],
     license: Annotated[str, typer.Option("--license", help="SPDX licence id, e.g. CC-BY-4.0.")],
     origin: Annotated[str, typer.Option("--origin", help="human | human-edited-ai | ai-generated")],
     title: Annotated[str | None, typer.Option(help="Title (default: file name).")] = None,
     source_uri: Annotated[str | None, typer.Option("--source-uri", help="Where the text comes from.")] = None,
-    root: Annotated[Path | None, typer.Option(help="Corpus root the subject name is relative to (default: the file's folder).")] = None,
+    root: Annotated[
+        Path | None, typer.Option(help="Corpus root the subject name is relative to (default: the file's folder).")
+    ] = None,
     curator: Annotated[str | None, typer.Option(help="Curator name (default: the key file's name).")] = None,
 ) -> None:
     """Sign documents: writes FILE.prov.json beside each one.
@@ -66,15 +70,25 @@ def sign(
     private = provenance.load_private_key(key)
     for file in files:
         out = provenance.sign_document(
-            file, private, root=root, title=title, authors=author, license=license,
+            file,
+            private,
+            root=root,
+            title=title,
+            authors=author,
+            license=license,
             origin=origin,  # type: ignore[arg-type]
-            source_uri=source_uri, curator=curator or key.stem,
+            source_uri=source_uri,
+            curator=curator or key.stem,
         )
         console.print(f"signed {file} -> {out.name}")
 
 
 def _trust(settings: Settings, trust: Path | None) -> provenance.TrustStore:
-    return provenance.TrustStore.load(trust) if trust else provenance.TrustStore.load(settings.trust_path, settings.local_trust_path)
+    return (
+        provenance.TrustStore.load(trust)
+        if trust
+        else provenance.TrustStore.load(settings.trust_path, settings.local_trust_path)
+    )
 
 
 def verify(
@@ -90,7 +104,7 @@ def verify(
     from ingest.pipeline import Ingestor
 
     settings = _settings(ctx)
-    ingestor = Ingestor(settings, _NoStore(), _NoEmbedder(), trust=_trust(settings, trust))
+    ingestor = Ingestor(settings, None, None, trust=_trust(settings, trust))
     verdicts = ingestor.verify(paths)
     if as_json:
         print(json.dumps([v.as_dict() for v in verdicts], indent=2))
@@ -118,8 +132,14 @@ def ingest(
     ingestor = Ingestor(settings, build_store(settings), build_embedder(settings), trust=_trust(settings, trust))
     total = len(discover(paths))
     with Progress(
-        TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=as_json or total == 0, transient=False,
+        TextColumn("ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=as_json or total == 0,
+        transient=False,
     ) as bar:
         task = bar.add_task("ingest", total=total)
         report = ingestor.ingest(paths, progress=lambda n: bar.advance(task, n))
@@ -134,8 +154,13 @@ def _print_report(summary: dict[str, object]) -> None:
     table = Table(title="ingest summary", show_header=True)
     table.add_column("outcome")
     table.add_column("count", justify="right")
-    for label, key in (("accepted (new)", "accepted"), ("replaced", "replaced"), ("skipped, unchanged", "skipped_unchanged"),
-                       ("skipped, duplicate", "skipped_duplicate"), ("rejected", "rejected")):
+    for label, key in (
+        ("accepted (new)", "accepted"),
+        ("replaced", "replaced"),
+        ("skipped, unchanged", "skipped_unchanged"),
+        ("skipped, duplicate", "skipped_duplicate"),
+        ("rejected", "rejected"),
+    ):
         table.add_row(label, str(summary[key]))
     reasons = summary["rejected_by_reason"]
     assert isinstance(reasons, dict)
@@ -166,7 +191,9 @@ def import_pydoc_cmd(
     console.print(f"imported {len(written)} topics into {out}")
 
 
-def remove(ctx: typer.Context, doc_id: Annotated[str, typer.Argument(help="Document id (see `rag documents`).")]) -> None:
+def remove(
+    ctx: typer.Context, doc_id: Annotated[str, typer.Argument(help="Document id (see `rag documents`).")]
+) -> None:
     """Remove a document and all its chunks (recorded in the ledger)."""
     from rag.wiring import build_ingestor
 
@@ -179,7 +206,7 @@ def documents(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
     from ingest.pipeline import Ingestor
 
     settings = _settings(ctx)
-    docs = Ingestor(settings, _NoStore(), _NoEmbedder()).documents()
+    docs = Ingestor(settings, None, None).documents()
     if as_json:
         print(json.dumps(docs, indent=2))
         return
@@ -187,8 +214,15 @@ def documents(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
     for column in ("doc_id", "title", "origin", "license", "signer", "chunks", "sha256"):
         table.add_column(column)
     for d in docs:
-        table.add_row(d["doc_id"], str(d["title"])[:40], str(d["origin"]), str(d["license"]), str(d["signer_name"]),
-                      str(d["chunks"]), d["sha256"][:12])
+        table.add_row(
+            d["doc_id"],
+            str(d["title"])[:40],
+            str(d["origin"]),
+            str(d["license"]),
+            str(d["signer_name"]),
+            str(d["chunks"]),
+            d["sha256"][:12],
+        )
     console.print(table)
 
 
@@ -215,17 +249,6 @@ def ledger_export(
     if format != "prov-json":
         raise typer.BadParameter("only prov-json is supported", param_hint="--format")
     print(ledger_to_prov(Ledger(_settings(ctx).ledger_path)).serialize(format="json", indent=2))
-
-
-class _NoStore:
-    """For read-only commands that never touch the vector store."""
-
-    def __getattr__(self, name: str) -> object:
-        raise RuntimeError(f"store.{name} used by a read-only command")
-
-
-class _NoEmbedder(_NoStore):
-    dimension = 0
 
 
 def register(app: typer.Typer) -> None:

@@ -88,8 +88,8 @@ class Ledger:
         """(next index, hash of the last entry)."""
         if self._tail is None:
             last: dict[str, Any] | None = None
-            for last in self.entries():
-                pass
+            for entry in self.entries():
+                last = entry
             self._tail = (0, GENESIS) if last is None else (int(last["index"]) + 1, str(last["hash"]))
         return self._tail
 

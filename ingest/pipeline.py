@@ -27,9 +27,6 @@ from rag.protocols import Embedder, VectorStore
 from rag.settings import Settings
 from rag.types import Chunk
 
-# Chunks embedded and written per step; small enough to keep memory flat, big enough for batching.
-FLUSH_CHUNKS = 512
-
 
 class ContentCheck(Protocol):
     """A synthetic-content check run on verified text; returns (reason, detail) to refuse it."""
@@ -102,7 +99,9 @@ def discover(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
             found.extend((p, path) for p in sorted(path.rglob("*")) if p.is_file() and is_document(p))
         elif path.is_file():
             if not is_document(path):
-                raise InvalidInputError(f"{path} is not a supported document (.md, .txt or .html).", code="unsupported_type")
+                raise InvalidInputError(
+                    f"{path} is not a supported document (.md, .txt or .html).", code="unsupported_type"
+                )
             found.append((path, path.parent))
         else:
             raise InvalidInputError(f"{path} does not exist.", code="path_not_found")
@@ -115,21 +114,34 @@ class Ingestor:
     def __init__(
         self,
         settings: Settings,
-        store: VectorStore,
-        embedder: Embedder,
+        store: VectorStore | None,
+        embedder: Embedder | None,
         *,
         trust: TrustStore | None = None,
         checks: Sequence[ContentCheck] = (),
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store
-        self.embedder = embedder
+        # Read-only uses (verify, documents) need neither a store nor an embedder.
+        self._store = store
+        self._embedder = embedder
         self.trust = trust or TrustStore.load(settings.trust_path, settings.local_trust_path)
         self.checks = list(checks)
         self.ledger = Ledger(settings.ledger_path)
         self.chunker = Chunker(settings.ingest.chunk_size, settings.ingest.chunk_overlap)
         self.on_change = on_change
+
+    @property
+    def store(self) -> VectorStore:
+        if self._store is None:
+            raise RuntimeError("this Ingestor was built without a vector store")
+        return self._store
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            raise RuntimeError("this Ingestor was built without an embedder")
+        return self._embedder
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -183,12 +195,12 @@ class Ingestor:
                 elif outcome == "duplicate":
                     report.duplicates.append({**_summary(verdict), "duplicate_of": by_sha.get(verdict.sha256 or "")})
                 else:
-                    item = {**verdict.as_dict(), "time": utc_now()}
-                    report.rejected.append(item)
-                    if last_reject.get(verdict.doc_id) != (verdict.sha256, verdict.reason):
-                        rejects.append(_reject_record(verdict))
-                        last_reject[verdict.doc_id] = (verdict.sha256, verdict.reason)
-                if sum(len(p.chunks) for p in pending) >= FLUSH_CHUNKS:
+                    refused = outcome if isinstance(outcome, Verdict) else verdict
+                    report.rejected.append({**refused.as_dict(), "time": utc_now()})
+                    if last_reject.get(refused.doc_id) != (refused.sha256, refused.reason):
+                        rejects.append(_reject_record(refused))
+                        last_reject[refused.doc_id] = (refused.sha256, refused.reason)
+                if sum(len(p.chunks) for p in pending) >= self.settings.ingest.flush_chunks:
                     self._flush(pending)
                     pending = []
                 if progress:
@@ -207,7 +219,9 @@ class Ingestor:
             live = self.ledger.live()
             doc = live.get(doc_id)
             if doc is None:
-                raise NotFoundError(f"No document with id {doc_id!r} is in the knowledge base.", code="unknown_document")
+                raise NotFoundError(
+                    f"No document with id {doc_id!r} is in the knowledge base.", code="unknown_document"
+                )
             self.ledger.append({"action": "remove", "doc_id": doc_id, "sha256": doc.sha256})
             self.store.delete([chunk_id(doc_id, doc.sha256, i) for i in range(doc.chunks)])
         if self.on_change:
@@ -266,7 +280,9 @@ class Ingestor:
             share = human / total if total else 0.0
             if share < policy.human_floor:
                 return _refuse(
-                    verdict, "human_floor", f"human share would fall to {share:.3f}, under the floor {policy.human_floor}"
+                    verdict,
+                    "human_floor",
+                    f"human share would fall to {share:.3f}, under the floor {policy.human_floor}",
                 )
         return None
 
@@ -440,9 +456,26 @@ def _reject_record(verdict: Verdict) -> dict[str, Any]:
 
 def _document_view(doc: LiveDocument) -> dict[str, Any]:
     entry = doc.entry
-    keys = ("title", "authors", "license", "origin", "source_uri", "created", "curator", "reviewed_at",
-            "signer_name", "signer_keyid", "manifest_sha256")
-    view = {"doc_id": doc.doc_id, "sha256": doc.sha256, "chunks": doc.chunks, "chars": doc.chars,
-            "ledger_index": doc.index, "ingested_at": entry.get("time")}
+    keys = (
+        "title",
+        "authors",
+        "license",
+        "origin",
+        "source_uri",
+        "created",
+        "curator",
+        "reviewed_at",
+        "signer_name",
+        "signer_keyid",
+        "manifest_sha256",
+    )
+    view = {
+        "doc_id": doc.doc_id,
+        "sha256": doc.sha256,
+        "chunks": doc.chunks,
+        "chars": doc.chars,
+        "ledger_index": doc.index,
+        "ingested_at": entry.get("time"),
+    }
     view.update({key: entry.get(key) for key in keys})
     return view

@@ -35,7 +35,9 @@ def ledger_to_prov(ledger: Ledger) -> ProvDocument:
                     "rag:manifestSha256": entry.get("manifest_sha256") or "",
                 },
             )
-            signer = doc.agent(f"rag:key-{entry.get('signer_keyid') or 'unknown'}", {"prov:label": entry.get("signer_name") or ""})
+            signer = doc.agent(
+                f"rag:key-{entry.get('signer_keyid') or 'unknown'}", {"prov:label": entry.get("signer_name") or ""}
+            )
             doc.wasGeneratedBy(entity, activity)
             doc.wasAssociatedWith(activity, signer)
             for author in entry.get("authors") or []:

@@ -324,7 +324,7 @@ def verify_document(
     """Verify `document` against its sidecar manifest and the trust store, failing closed."""
     now = now or datetime.now(UTC)
     name = subject_name(document, root)
-    base = {"path": str(document), "doc_id": name}
+    base: dict[str, Any] = {"path": str(document), "doc_id": name}
 
     def reject(reason: str, detail: str, **extra: Any) -> Verdict:
         return Verdict(ok=False, reason=reason, detail=detail, **base, **extra)
@@ -357,7 +357,12 @@ def verify_document(
     except (ValidationError, binascii.Error, ValueError) as exc:
         return reject("malformed_manifest", _first_line(exc), sha256=sha, manifest_sha256=manifest_sha)
     keyid = envelope.signatures[0].keyid
-    common = {"sha256": sha, "manifest_sha256": manifest_sha, "predicate": statement.predicate, "signer_keyid": keyid}
+    common: dict[str, Any] = {
+        "sha256": sha,
+        "manifest_sha256": manifest_sha,
+        "predicate": statement.predicate,
+        "signer_keyid": keyid,
+    }
 
     trusted = trust.get(keyid)
     if trusted is None:
@@ -376,7 +381,7 @@ def verify_document(
         return reject("digest_mismatch", "the text differs from what was signed", **common)
     if subject.name != name:
         return reject("subject_mismatch", f"manifest names {subject.name!r}, file is {name!r}", **common)
-    return Verdict(ok=True, text=text, **base, **common)  # type: ignore[arg-type]
+    return Verdict(ok=True, text=text, **base, **common)
 
 
 def _first_line(exc: Exception) -> str:

@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from rag.errors import RagError
 from rag.settings import Settings
@@ -41,17 +42,17 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except RagError as exc:
-        Console(stderr=True).print(f"[red]error[/red] [{exc.code}] {exc.message}")
+        Console(stderr=True).print(f"[red]error[/red] \\[{exc.code}] {escape(exc.message)}")
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:
+        # Usage errors from typer's bundled click: print its message, exit with its code.
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            sys.exit(exit_code)
         raise
     sys.exit(code if isinstance(code, int) else 0)

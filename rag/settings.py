@@ -15,8 +15,9 @@ class IngestSettings(BaseModel):
     chunk_size: int = Field(1000, ge=100, description="Characters per chunk (MiniLM reads ~256 wordpieces).")
     chunk_overlap: int = Field(150, ge=0)
     max_document_bytes: int = Field(2_000_000, ge=1)
-    allowed_origins: list[Origin] = Field(default_factory=lambda: ["human", "human-edited-ai"])
+    allowed_origins: list[Origin] = ["human", "human-edited-ai"]
     human_floor: float = Field(0.9, ge=0.0, le=1.0, description="Minimum human-authored share of the store.")
+    flush_chunks: int = Field(512, ge=1, description="Chunks embedded and written per step.")
 
 
 class EmbedderSettings(BaseModel):
@@ -36,9 +37,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".rag")
     trust_path: Path = Path("knowledge_base/trust.json")
-    ingest: IngestSettings = Field(default_factory=IngestSettings)
-    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
-    store: StoreSettings = Field(default_factory=StoreSettings)
+    ingest: IngestSettings = IngestSettings()
+    embedder: EmbedderSettings = EmbedderSettings()
+    store: StoreSettings = StoreSettings()
 
     @property
     def local_trust_path(self) -> Path:

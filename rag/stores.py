@@ -21,7 +21,9 @@ class ChromaStore:
         self._collection = collection
 
     @classmethod
-    def open(cls, *, path: Path | None = None, url: str | None = None, collection: str = "knowledge_base") -> ChromaStore:
+    def open(
+        cls, *, path: Path | None = None, url: str | None = None, collection: str = "knowledge_base"
+    ) -> ChromaStore:
         try:
             import chromadb
             from chromadb.config import Settings as ChromaSettings
@@ -87,11 +89,16 @@ class ChromaStore:
 
     def query(self, embedding: Sequence[float], k: int, where: dict[str, Any] | None = None) -> list[StoredChunk]:
         got = self._collection.query(
-            query_embeddings=[list(embedding)], n_results=k, where=where, include=["documents", "metadatas", "distances"]
+            query_embeddings=[list(embedding)],
+            n_results=k,
+            where=where,
+            include=["documents", "metadatas", "distances"],
         )
         return [
             StoredChunk(id=i, text=t or "", metadata=dict(m or {}), score=1.0 - float(d))
-            for i, t, m, d in zip(got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0], strict=True)
+            for i, t, m, d in zip(
+                got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0], strict=True
+            )
         ]
 
     def count(self) -> int:

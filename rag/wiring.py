@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
 def build_embedder(settings: Settings) -> SentenceTransformerEmbedder:
     cfg = settings.embedder
-    return SentenceTransformerEmbedder(cfg.model_path, batch_size=cfg.batch_size, quantize=cfg.quantize, threads=cfg.threads)
+    return SentenceTransformerEmbedder(
+        cfg.model_path, batch_size=cfg.batch_size, quantize=cfg.quantize, threads=cfg.threads
+    )
 
 
 def build_store(settings: Settings, collection: str | None = None) -> ChromaStore:

@@ -1,0 +1,76 @@
+"""Fakes for fast unit tests: real classes implementing the protocols, never MagicMock."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from rag.types import Chunk, StoredChunk
+
+
+class FakeEmbedder:
+    """Deterministic bag-of-words hashing vectors: similar texts get similar vectors."""
+
+    dimension = 64
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.fail_after: int | None = None
+
+    def warm_up(self) -> None:
+        pass
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise RuntimeError("embedder crashed")
+        self.calls.append(list(texts))
+        out = []
+        for text in texts:
+            vec = [0.0] * self.dimension
+            for word in text.lower().split():
+                vec[int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dimension] += 1.0
+            norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+            out.append([v / norm for v in vec])
+        return out
+
+    @property
+    def embedded_texts(self) -> int:
+        return sum(len(c) for c in self.calls)
+
+
+class InMemoryStore:
+    """A vector store in a dict, with the same contract as ChromaStore."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[Chunk, list[float]]] = {}
+
+    def upsert(self, chunks: Sequence[Chunk], embeddings: Sequence[Sequence[float]]) -> None:
+        for chunk, emb in zip(chunks, embeddings, strict=True):
+            self.rows[chunk.id] = (chunk, list(emb))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        for i in ids:
+            self.rows.pop(i, None)
+
+    def ids(self) -> list[str]:
+        return list(self.rows)
+
+    def get(self, ids: Sequence[str]) -> list[StoredChunk]:
+        return [StoredChunk(i, self.rows[i][0].text, dict(self.rows[i][0].metadata)) for i in ids if i in self.rows]
+
+    def query(self, embedding: Sequence[float], k: int, where: dict[str, Any] | None = None) -> list[StoredChunk]:
+        scored = []
+        for chunk, emb in self.rows.values():
+            if where and any(chunk.metadata.get(key) != value for key, value in where.items()):
+                continue
+            scored.append(
+                StoredChunk(
+                    chunk.id, chunk.text, dict(chunk.metadata), sum(a * b for a, b in zip(embedding, emb, strict=True))
+                )
+            )
+        return sorted(scored, key=lambda c: -c.score)[:k]
+
+    def count(self) -> int:
+        return len(self.rows)
