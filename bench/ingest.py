@@ -66,6 +66,8 @@ def main() -> None:
 
     passages, questions = load_squad(args.dataset)
     figures: dict[str, float | int | str] = {"passages": len(passages)}
+    # The peer runs first: a child's peak RSS starts from its parent's at fork time on Linux.
+    peer = None if args.no_peer else run_peer(args.dataset)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         corpus = root / "corpus"
@@ -121,8 +123,7 @@ def main() -> None:
         figures["dense_recall_at_4"] = round(hits / len(sample), 3)
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
-    if not args.no_peer:
-        peer = run_peer(args.dataset)
+    if peer is not None:
         figures.update(
             peer_ingest_passages_per_s=peer["ingest_passages_per_s"],
             peer_ingest_seconds=peer["ingest_seconds"],

@@ -125,11 +125,12 @@ def ingest(
 
     Example: rag ingest knowledge_base/examples/rejected ./my-docs
     """
-    from ingest.pipeline import Ingestor, discover
-    from rag.wiring import build_embedder, build_store
+    from ingest.pipeline import discover
+    from rag.wiring import build_ingestor
 
     settings = _settings(ctx)
-    ingestor = Ingestor(settings, build_store(settings), build_embedder(settings), trust=_trust(settings, trust))
+    ingestor = build_ingestor(settings)
+    ingestor.trust = _trust(settings, trust)
     total = len(discover(paths))
     with Progress(
         TextColumn("ingest"),

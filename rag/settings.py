@@ -12,8 +12,8 @@ Origin = Literal["human", "human-edited-ai", "ai-generated"]
 
 
 class IngestSettings(BaseModel):
-    chunk_size: int = Field(1000, ge=100, description="Characters per chunk (MiniLM reads ~256 wordpieces).")
-    chunk_overlap: int = Field(150, ge=0)
+    chunk_size: int = Field(1200, ge=100, description="Characters per chunk: ~256 MiniLM wordpieces at 4.7 chars each.")
+    chunk_overlap: int = Field(120, ge=0)
     max_document_bytes: int = Field(2_000_000, ge=1)
     allowed_origins: list[Origin] = ["human", "human-edited-ai"]
     human_floor: float = Field(0.9, ge=0.0, le=1.0, description="Minimum human-authored share of the store.")
@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     @property
     def chroma_path(self) -> Path:
         return self.data_dir / "chroma"
+
+    @property
+    def lexical_path(self) -> Path:
+        return self.data_dir / "bm25"
 
     @property
     def quarantine_path(self) -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rag.embedders import SentenceTransformerEmbedder
+from rag.protocols import Embedder
+from rag.retrieval import HybridRetriever, LexicalIndex
 from rag.settings import Settings
 from rag.stores import ChromaStore
 
@@ -25,7 +27,26 @@ def build_store(settings: Settings, collection: str | None = None) -> ChromaStor
     )
 
 
-def build_ingestor(settings: Settings) -> Ingestor:
+def build_ingestor(settings: Settings, embedder: Embedder | None = None) -> Ingestor:
+    """The ingestor, with the BM25 index rebuilt whenever the stored chunks change."""
+    from ingest.ledger import Ledger
     from ingest.pipeline import Ingestor
 
-    return Ingestor(settings, build_store(settings), build_embedder(settings))
+    store = build_store(settings)
+    lexical = LexicalIndex(settings.lexical_path)
+    ledger = Ledger(settings.ledger_path)
+    return Ingestor(
+        settings, store, embedder or build_embedder(settings), on_change=lambda: lexical.rebuild(store, ledger.head())
+    )
+
+
+def build_retriever(settings: Settings, embedder: Embedder | None = None) -> HybridRetriever:
+    """Hybrid retriever over the store; the saved BM25 index is reused unless the ledger moved past it."""
+    from ingest.ledger import Ledger
+
+    store = build_store(settings)
+    lexical = LexicalIndex(settings.lexical_path)
+    head = Ledger(settings.ledger_path).head()
+    if lexical.load() != head:
+        lexical.rebuild(store, head)
+    return HybridRetriever(store, embedder or build_embedder(settings), lexical)

@@ -136,3 +136,20 @@ def test_ingest_into_a_chroma_server(settings: Settings, corpus: Path, tmp_path:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_hybrid_retrieval_over_the_real_default_corpus(settings: Settings, pydoc_corpus: Path) -> None:
+    from rag.wiring import build_retriever
+
+    embedder = build_embedder(settings)
+    build_ingestor(settings, embedder).ingest([pydoc_corpus])
+    retriever = build_retriever(settings, embedder)
+    assert retriever.lexical.head == Ledger(settings.ledger_path).head()  # built by ingest, reused here
+    expectations = {
+        "What happens when a break statement runs inside a loop?": "break.md",
+        "How do I write a lambda expression?": "lambda.md",
+        "What does the pass statement do when it is executed?": "pass.md",
+    }
+    for question, doc_id in expectations.items():
+        hits = retriever.retrieve(question, top_k=4)
+        assert doc_id in [h.chunk.metadata["doc_id"] for h in hits], (question, [h.chunk.id for h in hits])

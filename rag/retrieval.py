@@ -1,0 +1,165 @@
+"""Hybrid retrieval: dense (the vector store) and lexical (BM25 via bm25s), fused by reciprocal rank.
+
+The BM25 index is rebuilt from the store when ingest or removal changes it (the ingestor's
+`on_change` hook) and saved with the ledger head it reflects; queries load it once and never
+rebuild it, unless the ledger moved on without it (a crash between ingest and rebuild).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rag.errors import InvalidInputError
+from rag.protocols import Embedder, VectorStore
+from rag.types import StoredChunk
+
+FILTER_FIELDS = ("license", "authors", "origin", "doc_id", "signer_name", "title")
+RRF_K = 60
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved chunk with its fused score and the ranks that produced it."""
+
+    chunk: StoredChunk
+    fused: float
+    dense_score: float | None
+    dense_rank: int | None
+    lexical_rank: int | None
+
+
+def where_clause(filters: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Translate user filters into a Chroma `where`; unknown fields are refused, not ignored."""
+    if not filters:
+        return None
+    unknown = sorted(set(filters) - set(FILTER_FIELDS))
+    if unknown:
+        raise InvalidInputError(
+            f"Unknown filter field(s): {', '.join(unknown)}; allowed: {', '.join(FILTER_FIELDS)}.",
+            code="unknown_filter",
+        )
+    clauses: list[dict[str, Any]] = []
+    for key, value in filters.items():
+        if isinstance(value, list):
+            clauses.append({key: {"$in": [str(v) for v in value]}})
+        else:
+            clauses.append({key: str(value)})
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _matches(metadata: dict[str, Any], filters: dict[str, Any] | None) -> bool:
+    if not filters:
+        return True
+    for key, value in filters.items():
+        allowed = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        if str(metadata.get(key)) not in allowed:
+            return False
+    return True
+
+
+class LexicalIndex:
+    """BM25 over every stored chunk, persisted in the data dir beside the ledger head it reflects."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._retriever: Any = None
+        self._ids: list[str] = []
+        self._head: str | None = None
+
+    def rebuild(self, store: VectorStore, head: str) -> None:
+        import bm25s
+
+        ids = store.ids()
+        chunks = store.get(ids) if ids else []
+        tmp = self.directory.with_name(self.directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        retriever = None
+        if chunks:
+            retriever = bm25s.BM25()
+            retriever.index(
+                bm25s.tokenize([c.text for c in chunks], stopwords="en", show_progress=False), show_progress=False
+            )
+            retriever.save(str(tmp / "bm25"))
+        (tmp / "meta.json").write_text(json.dumps({"head": head, "ids": [c.id for c in chunks]}))
+        shutil.rmtree(self.directory, ignore_errors=True)
+        os.replace(tmp, self.directory)
+        self._retriever, self._ids, self._head = retriever, [c.id for c in chunks], head
+
+    def load(self) -> str | None:
+        """Load the saved index; returns the ledger head it reflects (None if there is none)."""
+        meta = self.directory / "meta.json"
+        if not meta.exists():
+            return None
+        import bm25s
+
+        info = json.loads(meta.read_text())
+        self._ids, self._head = list(info["ids"]), str(info["head"])
+        self._retriever = bm25s.BM25.load(str(self.directory / "bm25")) if self._ids else None
+        return self._head
+
+    @property
+    def head(self) -> str | None:
+        return self._head
+
+    def search(self, query: str, k: int) -> list[tuple[str, float]]:
+        if self._retriever is None or not self._ids:
+            return []
+        import bm25s
+
+        tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)
+        if not tokens.vocab:
+            return []
+        k = min(k, len(self._ids))
+        docs, scores = self._retriever.retrieve(tokens, k=k, show_progress=False)
+        return [(self._ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0], strict=True) if float(s) > 0]
+
+
+class HybridRetriever:
+    """Dense + BM25, fused with reciprocal rank fusion (k=60)."""
+
+    def __init__(self, store: VectorStore, embedder: Embedder, lexical: LexicalIndex, *, candidates: int = 20) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.lexical = lexical
+        self.candidates = candidates
+
+    def retrieve(self, query: str, top_k: int = 4, filters: dict[str, Any] | None = None) -> list[Hit]:
+        where = where_clause(filters)
+        dense = self.store.query(self.embedder.embed([query])[0], self.candidates, where=where)
+        lexical = self.lexical.search(query, self.candidates * 3 if filters else self.candidates)
+        fused: dict[str, float] = {}
+        dense_rank = {c.id: r for r, c in enumerate(dense)}
+        for rank, chunk in enumerate(dense):
+            fused[chunk.id] = fused.get(chunk.id, 0.0) + 1.0 / (RRF_K + rank + 1)
+        lexical_rank: dict[str, int] = {}
+        for rank, (chunk_id, _) in enumerate(lexical):
+            lexical_rank[chunk_id] = rank
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+        by_id = {c.id: c for c in dense}
+        missing = [i for i in fused if i not in by_id]
+        for chunk in self.store.get(missing):
+            if _matches(chunk.metadata, filters):
+                by_id[chunk.id] = chunk
+        ranked = sorted((i for i in fused if i in by_id), key=lambda i: -fused[i])[:top_k]
+        return [
+            Hit(
+                chunk=by_id[i],
+                fused=fused[i],
+                dense_score=by_id[i].score if i in dense_rank else None,
+                dense_rank=dense_rank.get(i),
+                lexical_rank=lexical_rank.get(i),
+            )
+            for i in ranked
+        ]
+
+    def dense_similarity(self, query: str, texts: Sequence[str]) -> list[float]:
+        vectors = self.embedder.embed([query, *texts])
+        q = vectors[0]
+        return [sum(a * b for a, b in zip(q, v, strict=True)) for v in vectors[1:]]
