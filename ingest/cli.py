@@ -129,8 +129,7 @@ def ingest(
     from rag.wiring import build_ingestor
 
     settings = _settings(ctx)
-    ingestor = build_ingestor(settings)
-    ingestor.trust = _trust(settings, trust)
+    ingestor = build_ingestor(settings, trust=_trust(settings, trust))
     total = len(discover(paths))
     with Progress(
         TextColumn("ingest"),

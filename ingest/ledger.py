@@ -144,6 +144,7 @@ class Ledger:
     def verify(self) -> VerifyReport:
         problems: list[str] = []
         prev, count, expected_index = GENESIS, 0, 0
+        hashes: list[str] = []
         try:
             for entry in self.entries():
                 where = f"entry {count + 1}"
@@ -154,6 +155,7 @@ class Ledger:
                 if entry_hash(entry) != entry.get("hash"):
                     problems.append(f"{where}: content does not match its hash (edited)")
                 prev, count, expected_index = str(entry.get("hash")), count + 1, expected_index + 1
+                hashes.append(prev)
         except LedgerError as exc:
             problems.append(str(exc))
         if self.head_path.exists():
@@ -161,10 +163,8 @@ class Ledger:
             # The head file is written after the entry, so a crash can leave it one behind, never ahead.
             if head["index"] >= count:
                 problems.append(f"ledger ends at entry {count} but its head records entry {head['index'] + 1}")
-            else:
-                entries = list(self.entries())
-                if entries[head["index"]].get("hash") != head["hash"]:
-                    problems.append(f"entry {head['index'] + 1} differs from the recorded head")
+            elif hashes[head["index"]] != head["hash"]:
+                problems.append(f"entry {head['index'] + 1} differs from the recorded head")
         elif count:
             problems.append("the ledger head file is missing")
         return VerifyReport(ok=not problems, entries=count, head=prev, problems=problems)

@@ -12,6 +12,7 @@ from rag.stores import ChromaStore
 
 if TYPE_CHECKING:
     from ingest.pipeline import Ingestor
+    from ingest.provenance import TrustStore
 
 
 def build_embedder(settings: Settings) -> SentenceTransformerEmbedder:
@@ -27,7 +28,7 @@ def build_store(settings: Settings, collection: str | None = None) -> ChromaStor
     )
 
 
-def build_ingestor(settings: Settings, embedder: Embedder | None = None) -> Ingestor:
+def build_ingestor(settings: Settings, embedder: Embedder | None = None, trust: TrustStore | None = None) -> Ingestor:
     """The ingestor, with the BM25 index rebuilt whenever the stored chunks change."""
     from ingest.ledger import Ledger
     from ingest.pipeline import Ingestor
@@ -36,7 +37,11 @@ def build_ingestor(settings: Settings, embedder: Embedder | None = None) -> Inge
     lexical = LexicalIndex(settings.lexical_path)
     ledger = Ledger(settings.ledger_path)
     return Ingestor(
-        settings, store, embedder or build_embedder(settings), on_change=lambda: lexical.rebuild(store, ledger.head())
+        settings,
+        store,
+        embedder or build_embedder(settings),
+        trust=trust,
+        on_change=lambda: lexical.rebuild(store, ledger.head()),
     )
 
 
