@@ -122,6 +122,14 @@ class Ledger:
     def head(self) -> str:
         return self.tail()[1]
 
+    def read_head(self) -> str:
+        """The head as on disk now (another process may have appended), from the head file."""
+        try:
+            return str(json.loads(self.head_path.read_text())["hash"])
+        except (OSError, ValueError, KeyError):
+            self._tail = None
+            return self.head()
+
     def live(self) -> dict[str, LiveDocument]:
         """Replay the ledger into the set of documents it says are stored."""
         docs: dict[str, LiveDocument] = {}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from rag.types import Chunk, StoredChunk
+from rag.types import AnswerMode, Chunk, Generation, StoredChunk
 
 
 @runtime_checkable
@@ -30,3 +30,33 @@ class VectorStore(Protocol):
     def query(self, embedding: Sequence[float], k: int, where: dict[str, Any] | None = None) -> list[StoredChunk]: ...
 
     def count(self) -> int: ...
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Writes one short answer from numbered passages (or none: the ungrounded evaluation mode)."""
+
+    watermarked: bool
+
+    @property
+    def model_id(self) -> str: ...
+
+    def warm_up(self) -> None: ...
+
+    def generate(
+        self,
+        question: str,
+        passages: Sequence[str] | None,
+        *,
+        mode: AnswerMode = "free",
+        max_new_tokens: int | None = None,
+    ) -> Generation: ...
+
+    def stream(
+        self,
+        question: str,
+        passages: Sequence[str] | None,
+        *,
+        mode: AnswerMode = "free",
+        max_new_tokens: int | None = None,
+    ) -> Iterator[str]: ...

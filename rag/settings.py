@@ -32,14 +32,54 @@ class StoreSettings(BaseModel):
     collection: str = "knowledge_base"
 
 
+GeneratorName = Literal["gemma3-270m", "smollm2-135m"]
+
+
+class GeneratorSettings(BaseModel):
+    backend: Literal["local", "openai"] = "local"
+    model: GeneratorName = Field("gemma3-270m", description="Local model; Gemma scored best in the eval (see README).")
+    base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://localhost:8000/v1.")
+    remote_model: str = "default"
+    api_key: str | None = None
+    timeout_s: float = Field(60.0, gt=0)
+    max_new_tokens: int = Field(48, ge=1, le=512)
+    threads: int | None = None
+
+
+class WatermarkSettings(BaseModel):
+    key: int = Field(15485863, description="Hashing key of the KGW watermark; detection needs the same key.")
+    greenlist_ratio: float = Field(0.25, gt=0.0, lt=1.0)
+    bias: float = Field(2.5, ge=0.0)
+    z_threshold: float = Field(4.0, gt=0.0, description="Ingest refuses text whose z-score exceeds this.")
+    max_scored_tokens: int = Field(384, ge=16, description="Tokens scored per document, in windows spread over it.")
+    detect: bool = True
+
+
+class AnswerSettings(BaseModel):
+    top_k: int = Field(4, ge=1, le=20)
+    answer_mode: Literal["free", "quote"] = "free"
+    relevance_threshold: float = Field(0.3, description="Minimum cosine of the best passage; below it we abstain.")
+    support_threshold: float = Field(0.55, description="Minimum support score of an answer sentence.")
+    max_question_chars: int = Field(2000, ge=1)
+    queue_size: int = Field(8, ge=1, description="Requests waiting for the CPU generator before 503.")
+    retry_after_s: int = Field(5, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_", env_nested_delimiter="__", extra="ignore")
 
     data_dir: Path = Path(".rag")
     trust_path: Path = Path("knowledge_base/trust.json")
+    model_cache_dir: Path = Field(
+        Path.home() / ".cache" / "provenance-first-rag" / "models",
+        description="Local models converted once from their GGUF files (saves ~30 s per start).",
+    )
     ingest: IngestSettings = IngestSettings()
     embedder: EmbedderSettings = EmbedderSettings()
     store: StoreSettings = StoreSettings()
+    generator: GeneratorSettings = GeneratorSettings()
+    watermark: WatermarkSettings = WatermarkSettings()
+    answer: AnswerSettings = AnswerSettings()
 
     @property
     def local_trust_path(self) -> Path:

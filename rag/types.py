@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+AnswerMode = Literal["free", "quote"]
 
 
 @dataclass(frozen=True)
@@ -27,3 +29,13 @@ class StoredChunk:
     text: str
     metadata: dict[str, Any]
     score: float = 0.0
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a generator returns: one line of text and what it cost."""
+
+    text: str
+    tokens: int
+    seconds: float
+    prompt_tokens: int

@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rag.embedders import SentenceTransformerEmbedder
-from rag.protocols import Embedder
+from rag.protocols import Embedder, Generator
 from rag.retrieval import HybridRetriever, LexicalIndex
 from rag.settings import Settings
 from rag.stores import ChromaStore
 
 if TYPE_CHECKING:
-    from ingest.pipeline import Ingestor
+    from ingest.pipeline import ContentCheck, Ingestor
     from ingest.provenance import TrustStore
+    from rag.answering import AnswerService
 
 
 def build_embedder(settings: Settings) -> SentenceTransformerEmbedder:
@@ -41,8 +42,19 @@ def build_ingestor(settings: Settings, embedder: Embedder | None = None, trust: 
         store,
         embedder or build_embedder(settings),
         trust=trust,
+        checks=content_checks(settings),
         on_change=lambda: lexical.rebuild(store, ledger.head()),
     )
+
+
+def content_checks(settings: Settings) -> list[ContentCheck]:
+    """The loop guard: our own generators' watermark, detected with each local model's tokenizer."""
+    if not settings.watermark.detect:
+        return []
+    from rag.models import MODELS
+    from rag.watermark import WatermarkCheck
+
+    return [WatermarkCheck(settings.watermark, settings.model_cache_dir, tuple(MODELS))]
 
 
 def build_retriever(settings: Settings, embedder: Embedder | None = None) -> HybridRetriever:
@@ -55,3 +67,47 @@ def build_retriever(settings: Settings, embedder: Embedder | None = None) -> Hyb
     if lexical.load() != head:
         lexical.rebuild(store, head)
     return HybridRetriever(store, embedder or build_embedder(settings), lexical)
+
+
+def build_generator(settings: Settings, name: str | None = None) -> Generator:
+    from rag.generation import LocalGenerator, OpenAICompatibleGenerator
+
+    if settings.generator.backend == "openai" and name is None:
+        return OpenAICompatibleGenerator(settings.generator)
+    return LocalGenerator(
+        name or settings.generator.model, settings.generator, settings.watermark, settings.model_cache_dir
+    )
+
+
+def build_answer_service(
+    settings: Settings,
+    *,
+    embedder: Embedder | None = None,
+    generator: Generator | None = None,
+    collection: str | None = None,
+) -> AnswerService:
+    """Retriever, generator and checker sharing one embedder; BM25 follows the ledger between requests."""
+    from ingest.ledger import Ledger
+    from rag.answering import AnswerService
+    from rag.grounding import GroundednessChecker
+
+    embedder = embedder or build_embedder(settings)
+    store = build_store(settings, collection)
+    lexical = LexicalIndex(settings.lexical_path)
+    ledger = Ledger(settings.ledger_path)
+
+    def refresh() -> None:
+        head = ledger.read_head()
+        if lexical.head != head and lexical.load() != head:
+            lexical.rebuild(store, head)
+
+    refresh()
+    return AnswerService(
+        settings.answer,
+        HybridRetriever(store, embedder, lexical),
+        generator or build_generator(settings),
+        GroundednessChecker(embedder, threshold=settings.answer.support_threshold),
+        watermark=settings.watermark,
+        ledger_head=ledger.read_head,
+        refresh=refresh,
+    )

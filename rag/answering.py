@@ -1,0 +1,329 @@
+"""The guarded answer pipeline, usable without HTTP.
+
+question → validate → hybrid retrieval → re-hash passages → relevance gate → generate (watermarked)
+→ per-sentence groundedness check → answer with citations, support scores and an AI label.
+Every failure path abstains or raises; nothing unchecked is ever returned from the grounded path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rag.errors import InvalidInputError
+from rag.grounding import GroundednessChecker, SentenceSupport, split_sentences
+from rag.protocols import Generator
+from rag.retrieval import Hit, HybridRetriever, where_clause
+from rag.settings import AnswerSettings, WatermarkSettings
+from rag.types import AnswerMode
+
+log = logging.getLogger(__name__)
+
+ABSTAIN_MESSAGE = "I can't answer that from the verified knowledge base: none of its signed sources supports an answer."
+EXCERPT_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Citation:
+    n: int
+    doc_id: str
+    title: str
+    path: str
+    chunk_id: str
+    chunk_sha256: str
+    signer_name: str
+    signer_keyid: str
+    license: str
+    origin: str
+    score: float
+    excerpt: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    abstained: bool
+    reason: str | None
+    citations: list[Citation]
+    support: list[SentenceSupport]
+    label: dict[str, Any]
+    timings: dict[str, float]
+    answer_mode: AnswerMode
+    grounded: bool
+    raw: str = ""
+    retrieved: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        """The answer without citation markers (what evaluation scores)."""
+        return " ".join(s.sentence for s in self.support if s.supported) if self.grounded else self.answer
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "abstained": self.abstained,
+            "reason": self.reason,
+            "citations": [c.as_dict() for c in self.citations],
+            "support": [s.as_dict() for s in self.support],
+            "label": self.label,
+            "timings": self.timings,
+            "answer_mode": self.answer_mode,
+            "grounded": self.grounded,
+            "retrieved": self.retrieved,
+        }
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Text that has passed the checks and may be shown (streaming)."""
+
+    text: str
+
+
+class AnswerService:
+    def __init__(
+        self,
+        settings: AnswerSettings,
+        retriever: HybridRetriever,
+        generator: Generator,
+        checker: GroundednessChecker,
+        *,
+        watermark: WatermarkSettings,
+        ledger_head: Callable[[], str | None],
+        refresh: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.retriever = retriever
+        self.generator = generator
+        self.checker = checker
+        self.watermark = watermark
+        self.ledger_head = ledger_head
+        self.refresh = refresh
+
+    def validate(
+        self, question: Any, top_k: Any = None, filters: Any = None, mode: Any = None
+    ) -> tuple[str, int, dict[str, Any] | None, AnswerMode]:
+        """Check a request before any work; raises InvalidInputError with a stable code."""
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidInputError("The question is empty; send a non-blank `question` string.", code="empty_question")
+        if len(question) > self.settings.max_question_chars:
+            raise InvalidInputError(
+                f"The question has {len(question)} characters; the limit is {self.settings.max_question_chars}.",
+                code="question_too_long",
+            )
+        k = self.settings.top_k if top_k is None else top_k
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 20:
+            raise InvalidInputError("`top_k` must be an integer from 1 to 20.", code="invalid_top_k")
+        if filters is not None and not isinstance(filters, dict):
+            raise InvalidInputError("`filters` must be an object of field: value.", code="invalid_filters")
+        where_clause(filters)  # raises unknown_filter
+        answer_mode = mode or self.settings.answer_mode
+        if answer_mode not in ("free", "quote"):
+            raise InvalidInputError('`answer_mode` must be "free" or "quote".', code="invalid_answer_mode")
+        return question.strip(), k, filters or None, answer_mode
+
+    def answer(
+        self,
+        question: str,
+        *,
+        top_k: int | None = None,
+        filters: dict[str, Any] | None = None,
+        grounded: bool = True,
+        mode: AnswerMode | None = None,
+    ) -> Answer:
+        result: Answer | None = None
+        for event in self.events(question, top_k=top_k, filters=filters, grounded=grounded, mode=mode):
+            if isinstance(event, Answer):
+                result = event
+        assert result is not None
+        return result
+
+    def events(
+        self,
+        question: str,
+        *,
+        top_k: int | None = None,
+        filters: dict[str, Any] | None = None,
+        grounded: bool = True,
+        mode: AnswerMode | None = None,
+    ) -> Iterator[Delta | Answer]:
+        """Checked sentences as `Delta`s as soon as each has passed, then the final `Answer`."""
+        question, k, filters, answer_mode = self.validate(question, top_k, filters, mode)
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        label = self._label(grounded, answer_mode)
+        base: dict[str, Any] = {"question": question, "answer_mode": answer_mode, "grounded": grounded, "label": label}
+        if not grounded:
+            if answer_mode == "quote":
+                raise InvalidInputError(
+                    "Quote mode needs retrieval; it cannot be ungrounded.", code="quote_needs_passages"
+                )
+            generation = self.generator.generate(question, None, mode="free")
+            timings.update(generate_ms=generation.seconds * 1000, tokens=generation.tokens)
+            timings["total_ms"] = (time.perf_counter() - started) * 1000
+            if generation.text:
+                yield Delta(generation.text)
+            yield Answer(answer=generation.text, abstained=False, reason=None, citations=[], support=[],
+                         timings=_round(timings), raw=generation.text, **base)  # fmt: skip
+            return
+
+        self.refresh()
+        if self.retriever.store.count() == 0:
+            yield self._abstain(base, "empty_knowledge_base", timings, started)
+            return
+        t0 = time.perf_counter()
+        hits = [hit for hit in self.retriever.retrieve(question, k, filters) if _intact(hit)]
+        timings["retrieve_ms"] = (time.perf_counter() - t0) * 1000
+        retrieved = [_hit_view(n, hit) for n, hit in enumerate(hits, start=1)]
+        best = max((hit.dense_score or 0.0 for hit in hits), default=0.0)
+        timings["best_passage_score"] = best
+        if best < self.settings.relevance_threshold:
+            yield self._abstain(base, "no_relevant_passage", timings, started, retrieved)
+            return
+
+        passages = [hit.chunk.text for hit in hits]
+        t0 = time.perf_counter()
+        kept: list[SentenceSupport] = []
+        checked: list[SentenceSupport] = []
+        buffer, raw = "", ""
+        try:
+            for piece in self.generator.stream(question, passages, mode=answer_mode):
+                buffer += piece
+                raw += piece
+                sentences = split_sentences(buffer)
+                if len(sentences) > 1:  # every sentence but the last is complete
+                    for support in self._check(sentences[:-1], passages, timings):
+                        checked.append(support)
+                        if support.supported:
+                            kept.append(support)
+                            yield Delta(_with_marker(support, first=len(kept) == 1))
+                    buffer = sentences[-1]
+            if buffer.strip():
+                for support in self._check([buffer.strip()], passages, timings):
+                    checked.append(support)
+                    if support.supported:
+                        kept.append(support)
+                        yield Delta(_with_marker(support, first=len(kept) == 1))
+        except _CheckerFailedError:
+            yield self._abstain(base, "grounding_check_failed", timings, started, retrieved, checked, raw)
+            return
+        timings["generate_ms"] = (time.perf_counter() - t0) * 1000 - timings.get("check_ms", 0.0)
+        if not kept:
+            yield self._abstain(base, "unsupported_answer", timings, started, retrieved, checked, raw)
+            return
+        cited = sorted({s.passage for s in kept if s.passage is not None})
+        citations = [_citation(n, hits[n - 1]) for n in cited]
+        timings["total_ms"] = (time.perf_counter() - started) * 1000
+        yield Answer(
+            answer=" ".join(_with_marker(s, first=True) for s in kept),
+            abstained=False,
+            reason=None,
+            citations=citations,
+            support=checked,
+            timings=_round(timings),
+            raw=raw.strip(),
+            retrieved=retrieved,
+            **base,
+        )
+
+    def _check(self, sentences: list[str], passages: list[str], timings: dict[str, float]) -> list[SentenceSupport]:
+        t0 = time.perf_counter()
+        try:
+            return self.checker.check(sentences, passages)
+        except Exception as exc:  # fail closed: a checker that cannot run withholds the answer
+            log.exception("groundedness check failed; withholding the answer")
+            raise _CheckerFailedError from exc
+        finally:
+            timings["check_ms"] = timings.get("check_ms", 0.0) + (time.perf_counter() - t0) * 1000
+
+    def _abstain(
+        self,
+        base: dict[str, Any],
+        reason: str,
+        timings: dict[str, float],
+        started: float,
+        retrieved: list[dict[str, Any]] | None = None,
+        support: list[SentenceSupport] | None = None,
+        raw: str = "",
+    ) -> Answer:
+        timings["total_ms"] = (time.perf_counter() - started) * 1000
+        return Answer(answer=ABSTAIN_MESSAGE, abstained=True, reason=reason, citations=[], support=support or [],
+                      timings=_round(timings), raw=raw.strip(), retrieved=retrieved or [], **base)  # fmt: skip
+
+    def _label(self, grounded: bool, mode: AnswerMode) -> dict[str, Any]:
+        from rag.generation import watermark_label
+
+        return {
+            "ai_generated": True,
+            "generator": self.generator.model_id,
+            "watermark": watermark_label(self.watermark) if self.generator.watermarked else None,
+            "grounded": grounded,
+            "answer_mode": mode,
+            "corpus_ledger_head": self.ledger_head() if grounded else None,
+            "notice": "Machine-generated text. Do not sign or ingest it as human-written.",
+        }
+
+
+class _CheckerFailedError(Exception):
+    pass
+
+
+def _intact(hit: Hit) -> bool:
+    """Re-hash the passage: text that no longer matches its signed chunk hash is dropped."""
+    expected = str(hit.chunk.metadata.get("chunk_sha256", ""))
+    actual = hashlib.sha256(hit.chunk.text.encode("utf-8")).hexdigest()
+    if actual != expected:
+        log.warning("dropping chunk %s: text hash %s does not match stored %s", hit.chunk.id, actual, expected)
+        return False
+    return True
+
+
+def _with_marker(support: SentenceSupport, *, first: bool) -> str:
+    text = support.sentence.rstrip()
+    end = ""
+    if text and text[-1] in ".!?":
+        text, end = text[:-1], text[-1]
+    marked = f"{text} [{support.passage}]{end}"
+    return marked if first else " " + marked
+
+
+def _citation(n: int, hit: Hit) -> Citation:
+    meta = hit.chunk.metadata
+    text = " ".join(hit.chunk.text.split())
+    return Citation(
+        n=n,
+        doc_id=str(meta.get("doc_id", "")),
+        title=str(meta.get("title", "")),
+        path=str(meta.get("path", "")),
+        chunk_id=hit.chunk.id,
+        chunk_sha256=str(meta.get("chunk_sha256", "")),
+        signer_name=str(meta.get("signer_name", "")),
+        signer_keyid=str(meta.get("signer_keyid", "")),
+        license=str(meta.get("license", "")),
+        origin=str(meta.get("origin", "")),
+        score=round(hit.dense_score if hit.dense_score is not None else hit.fused, 4),
+        excerpt=text[:EXCERPT_CHARS] + ("…" if len(text) > EXCERPT_CHARS else ""),
+    )
+
+
+def _hit_view(n: int, hit: Hit) -> dict[str, Any]:
+    return {
+        "n": n,
+        "chunk_id": hit.chunk.id,
+        "doc_id": hit.chunk.metadata.get("doc_id"),
+        "dense_score": None if hit.dense_score is None else round(hit.dense_score, 4),
+        "fused": round(hit.fused, 5),
+    }
+
+
+def _round(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in timings.items()}

@@ -1,0 +1,183 @@
+"""The guardrail logic with fakes: gate, sentence removal, fail-closed checker, citations, streaming."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from ingest.ledger import Ledger
+from ingest.pipeline import Ingestor
+from rag.answering import ABSTAIN_MESSAGE, Answer, AnswerService, Delta
+from rag.errors import InvalidInputError
+from rag.grounding import GroundednessChecker, SentenceSupport, content_words, key_terms, split_sentences
+from rag.retrieval import HybridRetriever, LexicalIndex
+from rag.settings import Settings
+from rag.types import AnswerMode, Generation
+from tests.fakes import FakeEmbedder, InMemoryStore
+
+
+class FakeGenerator:
+    """Returns a scripted answer, streamed word by word; records what it was asked."""
+
+    watermarked = True
+    model_id = "fake-generator"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.calls: list[tuple[str, list[str] | None, str]] = []
+
+    def warm_up(self) -> None:
+        pass
+
+    def stream(
+        self, question: str, passages: Sequence[str] | None, *, mode: AnswerMode = "free", max_new_tokens: int | None = None
+    ) -> Iterator[str]:
+        self.calls.append((question, None if passages is None else list(passages), mode))
+        for i, word in enumerate(self.text.split(" ")):
+            yield word if i == 0 else " " + word
+
+    def generate(
+        self, question: str, passages: Sequence[str] | None, *, mode: AnswerMode = "free", max_new_tokens: int | None = None
+    ) -> Generation:
+        text = "".join(self.stream(question, passages, mode=mode))
+        return Generation(text=text, tokens=len(text.split()), seconds=0.01, prompt_tokens=10)
+
+
+class BrokenChecker(GroundednessChecker):
+    def check(self, sentences: Sequence[str], passages: Sequence[str]) -> list[SentenceSupport]:
+        raise RuntimeError("checker crashed")
+
+
+def make_service(settings: Settings, store: InMemoryStore, generator: FakeGenerator, **kw: object) -> AnswerService:
+    embedder = FakeEmbedder()
+    lexical = LexicalIndex(settings.lexical_path)
+    ledger = Ledger(settings.ledger_path)
+    if store.count():
+        lexical.rebuild(store, ledger.head())
+    checker = kw.pop("checker", None) or GroundednessChecker(embedder, threshold=settings.answer.support_threshold)
+    return AnswerService(
+        settings.answer,
+        HybridRetriever(store, embedder, lexical),
+        generator,
+        checker,  # type: ignore[arg-type]
+        watermark=settings.watermark,
+        ledger_head=ledger.head,
+    )
+
+
+@pytest.fixture
+def store(settings: Settings, corpus: Path) -> InMemoryStore:
+    store = InMemoryStore()
+    Ingestor(settings, store, FakeEmbedder()).ingest([corpus])
+    return store
+
+
+@pytest.fixture
+def lenient(settings: Settings) -> Settings:
+    settings.answer.relevance_threshold = 0.05  # the hashing fake embedder gives low cosines
+    return settings
+
+
+QUESTION = "What does the pass statement do when it is executed?"
+TRUE_SENTENCE = "When it is executed, nothing happens."
+
+
+def test_supported_answer_is_cited_to_its_passage(lenient: Settings, store: InMemoryStore) -> None:
+    generator = FakeGenerator(f"{TRUE_SENTENCE} The pass statement was added in Python 9.")
+    result = make_service(lenient, store, generator).answer(QUESTION)
+    assert not result.abstained
+    assert result.answer.startswith("When it is executed, nothing happens [")
+    assert "Python 9" not in result.answer  # the invented number is removed
+    kept, dropped = result.support
+    assert kept.supported and not dropped.supported and "9" in dropped.missing_terms
+    (citation,) = result.citations
+    assert citation.doc_id == "pass.md" and f"[{citation.n}]" in result.answer
+    assert citation.chunk_sha256 and citation.signer_name == "test-curator" and citation.license == "PSF-2.0"
+    assert "nothing happens" in citation.excerpt
+    assert result.label["ai_generated"] is True and result.label["watermark"]["scheme"] == "kgw-lefthash-1"
+    assert result.label["corpus_ledger_head"] == Ledger(lenient.ledger_path).head()
+
+
+def test_unsupported_answer_abstains(lenient: Settings, store: InMemoryStore) -> None:
+    result = make_service(lenient, store, FakeGenerator("Bananas grow on Mars in 1850.")).answer(QUESTION)
+    assert result.abstained and result.reason == "unsupported_answer" and result.answer == ABSTAIN_MESSAGE
+    assert result.citations == [] and result.support and not result.support[0].supported
+
+
+def test_relevance_gate_abstains_without_calling_the_generator(settings: Settings, store: InMemoryStore) -> None:
+    settings.answer.relevance_threshold = 0.99
+    generator = FakeGenerator(TRUE_SENTENCE)
+    result = make_service(settings, store, generator).answer("Who won the football world cup in 2018?")
+    assert result.abstained and result.reason == "no_relevant_passage"
+    assert generator.calls == []
+
+
+def test_empty_store_abstains_with_its_own_reason(settings: Settings) -> None:
+    generator = FakeGenerator(TRUE_SENTENCE)
+    result = make_service(settings, InMemoryStore(), generator).answer(QUESTION)
+    assert result.abstained and result.reason == "empty_knowledge_base" and generator.calls == []
+
+
+def test_checker_failure_withholds_the_answer(lenient: Settings, store: InMemoryStore) -> None:
+    service = make_service(
+        lenient, store, FakeGenerator(TRUE_SENTENCE), checker=BrokenChecker(FakeEmbedder())
+    )
+    result = service.answer(QUESTION)
+    assert result.abstained and result.reason == "grounding_check_failed"
+    assert TRUE_SENTENCE not in result.answer
+
+
+def test_tampered_passage_is_dropped(lenient: Settings, store: InMemoryStore) -> None:
+    for chunk_id, (chunk, emb) in list(store.rows.items()):
+        if chunk.doc_id == "pass.md":
+            tampered = type(chunk)(**{**chunk.__dict__, "text": chunk.text.replace("nothing happens", "all is lost")})
+            store.rows[chunk_id] = (tampered, emb)
+    result = make_service(lenient, store, FakeGenerator(TRUE_SENTENCE)).answer(QUESTION)
+    assert all(r["doc_id"] != "pass.md" for r in result.retrieved)
+    assert all(c.doc_id != "pass.md" for c in result.citations)
+
+
+def test_stream_releases_only_checked_sentences(lenient: Settings, store: InMemoryStore) -> None:
+    generator = FakeGenerator(f"The moon is made of cheese. {TRUE_SENTENCE}")
+    events = list(make_service(lenient, store, generator).events(QUESTION))
+    deltas = [e.text for e in events if isinstance(e, Delta)]
+    final = events[-1]
+    assert isinstance(final, Answer) and not final.abstained
+    assert len(deltas) == 1 and deltas[0].startswith("When it is executed, nothing happens [")
+    assert "cheese" not in "".join(deltas) and "cheese" not in final.answer
+
+
+def test_ungrounded_mode_is_labelled(settings: Settings, store: InMemoryStore) -> None:
+    generator = FakeGenerator("Anything at all")
+    result = make_service(settings, store, generator).answer(QUESTION, grounded=False)
+    assert not result.abstained and result.answer == "Anything at all" and result.citations == []
+    assert result.label["grounded"] is False and result.label["corpus_ledger_head"] is None
+    assert generator.calls[0][1] is None
+
+
+@pytest.mark.parametrize(
+    ("question", "kwargs", "code"),
+    [
+        ("   ", {}, "empty_question"),
+        ("x" * 2001, {}, "question_too_long"),
+        ("ok?", {"top_k": 0}, "invalid_top_k"),
+        ("ok?", {"filters": {"colour": "red"}}, "unknown_filter"),
+        ("ok?", {"mode": "poem"}, "invalid_answer_mode"),
+    ],
+)
+def test_bad_input_is_refused_with_a_code(
+    settings: Settings, store: InMemoryStore, question: str, kwargs: dict[str, object], code: str
+) -> None:
+    generator = FakeGenerator(TRUE_SENTENCE)
+    with pytest.raises(InvalidInputError) as err:
+        make_service(settings, store, generator).answer(question, **kwargs)  # type: ignore[arg-type]
+    assert err.value.code == code and generator.calls == []
+
+
+def test_sentence_and_term_helpers() -> None:
+    assert split_sentences("It is 3.5 cm. Then it grows! Done") == ["It is 3.5 cm.", "Then it grows!", "Done"]
+    assert split_sentences("the North Sea") == ["the North Sea"]
+    assert "1850" in key_terms("Bananas grew on Mars in 1850.") and "mar" not in content_words("the of a")
+    assert key_terms("It uses sys.exit and __debug__") == ["sys.exit", "__debug__"]
