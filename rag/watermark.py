@@ -44,7 +44,10 @@ class _Detector:
         self.settings = settings
         self.tokenizer, config = load_tokenizer_and_config(name, cache_root)
         self.detector = WatermarkDetector(
-            model_config=config, device="cpu", watermarking_config=watermarking_config(settings)
+            model_config=config,
+            device="cpu",
+            watermarking_config=watermarking_config(settings),
+            ignore_repeated_ngrams=True,  # repeated code lines in human docs otherwise inflate z
         )
         self._np, self._torch = np, torch
         self._greens: OrderedDict[int, Any] = OrderedDict()

@@ -32,14 +32,24 @@ class FakeGenerator:
         pass
 
     def stream(
-        self, question: str, passages: Sequence[str] | None, *, mode: AnswerMode = "free", max_new_tokens: int | None = None
+        self,
+        question: str,
+        passages: Sequence[str] | None,
+        *,
+        mode: AnswerMode = "free",
+        max_new_tokens: int | None = None,
     ) -> Iterator[str]:
         self.calls.append((question, None if passages is None else list(passages), mode))
         for i, word in enumerate(self.text.split(" ")):
             yield word if i == 0 else " " + word
 
     def generate(
-        self, question: str, passages: Sequence[str] | None, *, mode: AnswerMode = "free", max_new_tokens: int | None = None
+        self,
+        question: str,
+        passages: Sequence[str] | None,
+        *,
+        mode: AnswerMode = "free",
+        max_new_tokens: int | None = None,
     ) -> Generation:
         text = "".join(self.stream(question, passages, mode=mode))
         return Generation(text=text, tokens=len(text.split()), seconds=0.01, prompt_tokens=10)
@@ -121,9 +131,7 @@ def test_empty_store_abstains_with_its_own_reason(settings: Settings) -> None:
 
 
 def test_checker_failure_withholds_the_answer(lenient: Settings, store: InMemoryStore) -> None:
-    service = make_service(
-        lenient, store, FakeGenerator(TRUE_SENTENCE), checker=BrokenChecker(FakeEmbedder())
-    )
+    service = make_service(lenient, store, FakeGenerator(TRUE_SENTENCE), checker=BrokenChecker(FakeEmbedder()))
     result = service.answer(QUESTION)
     assert result.abstained and result.reason == "grounding_check_failed"
     assert TRUE_SENTENCE not in result.answer
