@@ -60,6 +60,7 @@ class Answer:
     grounded: bool
     raw: str = ""
     retrieved: list[dict[str, Any]] = field(default_factory=list)
+    passage_texts: list[str] = field(default_factory=list)  # numbered as in the prompt; not serialised
 
     @property
     def text(self) -> str:
@@ -232,6 +233,7 @@ class AnswerService:
             timings=_round(timings),
             raw=raw.strip(),
             retrieved=retrieved,
+            passage_texts=passages,
             **base,
         )
 

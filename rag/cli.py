@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -85,6 +87,119 @@ def ask(
         f"{(label['watermark'] or {}).get('scheme', 'none')}; corpus head {str(label['corpus_ledger_head'])[:16]}; "
         f"{result.timings.get('total_ms', 0):.0f} ms[/dim]"
     )
+
+
+eval_app = typer.Typer(help="Evaluate grounded vs ungrounded answers on SQuAD-format data.")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.callback(invoke_without_command=True)
+def evaluate(
+    ctx: typer.Context,
+    dataset: Annotated[Path | None, typer.Option("--dataset", help="SQuAD-format JSON file.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Questions to sample (default: all).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed.")] = 0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Passages retrieved per question.")] = 4,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("eval-out"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    generator: Annotated[str | None, typer.Option("--generator", help="gemma3-270m or smollm2-135m.")] = None,
+    peer_script: Annotated[
+        Path | None, typer.Option("--peer-script", help="Also run the LangChain peer on the same sample.")
+    ] = None,
+) -> None:
+    """Run an evaluation: `rag eval --dataset PATH [--limit N] [--seed S] [--top-k K] [--out DIR] [--resume]`."""
+    if ctx.invoked_subcommand:
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    from rag.errors import InvalidInputError
+    from rag.eval_report import append_history, write_reports
+    from rag.evaluation import MODE_LABELS, MODES, check_limit, run
+    from rag.models import model_spec
+    from rag.squad import SquadData
+    from rag.wiring import build_answer_service, build_generator
+
+    settings: Settings = ctx.obj
+    if dataset is None:
+        raise InvalidInputError("--dataset is required (a SQuAD-format JSON file).", code="dataset_missing")
+    if not 1 <= top_k <= 20:
+        raise InvalidInputError("--top-k must be between 1 and 20.", code="invalid_top_k")
+    if generator:
+        model_spec(generator)
+    check_limit(limit, SquadData.load(dataset))  # every input check happens before any work
+    if peer_script is not None and not peer_script.exists():
+        raise InvalidInputError(f"Peer script not found: {peer_script}.", code="peer_missing")
+    console = Console(stderr=True)
+
+    def factory(eval_settings: Settings) -> Any:
+        chosen = build_generator(eval_settings, generator) if generator else None
+        return build_answer_service(eval_settings, generator=chosen)
+
+    with Progress(
+        TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(), console=console,
+    ) as progress:  # fmt: skip
+
+        def track(items: Any, total: int) -> Any:
+            return progress.track(items, total=total, description="eval")
+
+        console.print("signing and ingesting the dataset's passages (isolated store)…")
+        summary = run(factory, settings, dataset, out, limit=limit, seed=seed, top_k=top_k, resume=resume,
+                      progress=track)  # fmt: skip
+    if peer_script is not None:
+        import json
+        import subprocess
+
+        console.print("running the peer on the same sample…")
+        done = subprocess.run(
+            [sys.executable, str(peer_script), "--dataset", str(dataset), "--limit", str(summary["config"]["limit"]),
+             "--seed", str(seed), "--top-k", str(top_k)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        summary["peer"] = json.loads(done.stdout.strip().splitlines()[-1])
+    write_reports(summary, out)
+    append_history(settings.data_dir / "eval_history.jsonl", summary)
+    table = Table("metric", *(MODE_LABELS[m] for m in MODES), title=f"{summary['questions']} questions")
+    for key in ("em", "f1", "contains", "abstention_answerable", "abstention_withheld", "citation_precision",
+                "latency_p50_s"):  # fmt: skip
+        table.add_row(key, *("–" if summary["modes"][m][key] is None else f"{summary['modes'][m][key]:.3f}"
+                             for m in MODES))  # fmt: skip
+    Console().print(table)
+    Console().print(
+        f"retrieval recall@{top_k}: {summary['retrieval_recall_at_k']:.3f}; F1 gain of grounding "
+        f"{summary['f1_gain_grounded_vs_ungrounded']:+.3f}; reports in {out}/ (report.md, report.html)"
+    )
+
+
+@eval_app.command("history")
+def eval_history(ctx: typer.Context) -> None:
+    """Print (and plot) the evaluation trend across corpus versions."""
+    from rich.table import Table
+
+    from rag.eval_report import plot_history, read_history
+
+    settings: Settings = ctx.obj
+    entries = read_history(settings.data_dir / "eval_history.jsonl")
+    if not entries:
+        Console().print("no evaluation runs recorded yet")
+        return
+    table = Table("time", "corpus head", "questions", "recall@k", "grounded F1", "quote F1", "ungrounded F1",
+                  "abstain withheld")  # fmt: skip
+    for e in entries:
+        table.add_row(e["time"], e["corpus_ledger_head"][:12], str(e["questions"]), f"{e['retrieval_recall_at_k']:.3f}",
+                      f"{e['grounded_f1']:.3f}", f"{e['quote_f1']:.3f}", f"{e['ungrounded_f1']:.3f}",
+                      f"{e['abstention_withheld']:.3f}")  # fmt: skip
+    Console().print(table)
+    chart = plot_history(entries, settings.data_dir / "eval_history.png")
+    Console().print(f"chart: {chart}")
 
 
 def _register() -> None:
