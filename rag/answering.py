@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rag.errors import InvalidInputError
-from rag.grounding import GroundednessChecker, SentenceSupport, split_sentences
+from rag.grounding import GroundednessChecker, SentenceSupport, select_evidence, split_sentences
 from rag.protocols import Generator
 from rag.retrieval import Hit, HybridRetriever, where_clause
 from rag.settings import AnswerSettings, WatermarkSettings
@@ -192,12 +192,15 @@ class AnswerService:
             return
 
         passages = [hit.chunk.text for hit in hits]
+        evidence = passages
+        if self.settings.evidence_sentences and answer_mode == "free":  # quote mode may quote whole passages
+            evidence = select_evidence(question, passages, self.settings.evidence_sentences)
         t0 = time.perf_counter()
         kept: list[SentenceSupport] = []
         checked: list[SentenceSupport] = []
         buffer, raw = "", ""
         try:
-            for piece in self.generator.stream(question, passages, mode=answer_mode):
+            for piece in self.generator.stream(question, evidence, mode=answer_mode):
                 buffer += piece
                 raw += piece
                 sentences = split_sentences(buffer)

@@ -46,7 +46,7 @@ def build_prompt(question: str, passages: Sequence[str] | None) -> str:
             f"Answer each question with a short phrase.\n\nQuestion: {q}\nAnswer: {a}\n\n"
             f"Question: {' '.join(question.split())}\nAnswer:"
         )
-    numbered = "\n".join(f"[{n}] {' '.join(text.split())}" for n, text in enumerate(passages, start=1))
+    numbered = "\n".join(f"[{n}] {' '.join(text.split())}" for n, text in enumerate(passages, start=1) if text.strip())
     return (
         "Answer each question with a short phrase copied from the context.\n\n"
         f"Context:\n[1] {_EXAMPLE_PASSAGE}\nQuestion: {_EXAMPLE_QUESTION}\nAnswer: {_EXAMPLE_ANSWER}\n\n"
@@ -298,6 +298,8 @@ def _passage_token_spans(
     cursor = context_at
     for n, text in enumerate(passages, start=1):
         body = " ".join(text.split())
+        if not body:
+            continue
         start_char = prompt.index(f"[{n}] {body}", cursor) + len(f"[{n}] ")
         end_char = start_char + len(body)
         cursor = end_char

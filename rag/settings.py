@@ -62,6 +62,9 @@ class AnswerSettings(BaseModel):
     top_k: int = Field(4, ge=1, le=20)
     answer_mode: Literal["free", "quote"] = "free"
     relevance_threshold: float = Field(0.3, description="Minimum cosine of the best passage; below it we abstain.")
+    evidence_sentences: int = Field(
+        4, ge=0, description="Sentences (best question overlap) given to the reader; 0 = whole passages."
+    )
     support_threshold: float = Field(0.55, description="Minimum support score of an answer sentence.")
     max_question_chars: int = Field(2000, ge=1)
     queue_size: int = Field(8, ge=1, description="Requests waiting for the CPU generator before 503.")

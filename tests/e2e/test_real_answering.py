@@ -30,11 +30,13 @@ IN_SCOPE = [
         "break.md",
     ),
     ("What does the continue statement do?", "quote", "next cycle", "continue.md"),
-    ("What does the global statement declare?", "free", "globals", "global.md"),
-    ("Which keyword creates an anonymous function?", "free", "lambda", "lambda.md"),
-    ("What does the try statement specify?", "free", "handler", "try.md"),
-    ("What does the while statement do?", "free", "expression is true", "while.md|compound.md"),
     ("What does the return statement leave?", "quote", '"None" is substituted', "return.md"),
+    ("What does the global statement declare?", "quote", "global variable", "global.md"),
+    ("What are lambda expressions used to create?", "free", "anonymous functions", "lambda.md"),
+    ("What exception is raised when an assert statement fails?", "free", "AssertionError", "assert.md"),
+    ("What does the del statement do?", "free", "removes the binding", "del.md"),
+    ("What does the try statement specify?", "free", "handler", "try.md"),
+    ("What does the while statement do?", "free", "if it is true", "while.md|compound.md"),
 ]
 OUT_OF_SCOPE = [
     "Who won the 2018 FIFA World Cup?",
@@ -114,7 +116,7 @@ def test_loop_guard_refuses_our_own_answers_signed_as_human(
 ) -> None:
     settings, service, curator = world
     answers = [service.answer(q, mode="free").raw for q, *_ in IN_SCOPE]
-    answers += [service.answer(q, grounded=False).raw for q in OUT_OF_SCOPE]
+    answers += [service.answer(q, grounded=False).raw for q in [*(q for q, *_ in IN_SCOPE), *OUT_OF_SCOPE]]
     laundered = tmp_path / "laundered"
     laundered.mkdir()
     doc = laundered / "faq.md"
