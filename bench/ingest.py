@@ -57,12 +57,14 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=SHARED / "data" / "squad_dev_v1.1.json")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--recall-questions", type=int, default=300)
+    parser.add_argument("--no-loop-guard", action="store_true", help="Skip the watermark check (not the default).")
     args = parser.parse_args()
 
     from ingest.pipeline import Ingestor
     from ingest.provenance import add_trusted_key, load_private_key, sign_document, write_key_pair
     from rag.settings import Settings
-    from rag.wiring import build_embedder, build_store
+    from rag.watermark import WatermarkCheck
+    from rag.wiring import build_embedder, build_store, content_checks
 
     passages, questions = load_squad(args.dataset)
     figures: dict[str, float | int | str] = {"passages": len(passages)}
@@ -95,7 +97,12 @@ def main() -> None:
         settings = Settings(data_dir=root / "data", trust_path=trust)
         embedder = build_embedder(settings)
         embedder.warm_up()
-        ingestor = Ingestor(settings, build_store(settings), embedder)
+        checks = [] if args.no_loop_guard else content_checks(settings)
+        for check in checks:
+            if isinstance(check, WatermarkCheck):
+                check.detectors()  # load the tokenizers outside the timed part, like the embedder
+        ingestor = Ingestor(settings, build_store(settings), embedder, checks=checks)
+        figures["loop_guard"] = not args.no_loop_guard
         start = time.perf_counter()
         first = ingestor.ingest([corpus])
         seconds = time.perf_counter() - start

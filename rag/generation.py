@@ -318,13 +318,14 @@ class OpenAICompatibleGenerator:
 
     watermarked = False
 
-    def __init__(self, settings: GeneratorSettings) -> None:
+    def __init__(self, settings: GeneratorSettings, *, transport: Any = None) -> None:
         if not settings.base_url:
             raise InvalidInputError(
                 "RAG_GENERATOR__BASE_URL is required with the openai backend.", code="missing_base_url"
             )
         self.settings = settings
         self.base_url = settings.base_url.rstrip("/")
+        self.transport = transport  # an httpx transport; tests pass httpx.MockTransport
 
     @property
     def model_id(self) -> str:
@@ -367,9 +368,8 @@ class OpenAICompatibleGenerator:
         }
         started = time.perf_counter()
         try:
-            response = httpx.post(
-                f"{self.base_url}/chat/completions", json=body, headers=headers, timeout=self.settings.timeout_s
-            )
+            with httpx.Client(transport=self.transport, timeout=self.settings.timeout_s) as client:
+                response = client.post(f"{self.base_url}/chat/completions", json=body, headers=headers)
             response.raise_for_status()
             data = response.json()
             text = str(data["choices"][0]["message"]["content"] or "")

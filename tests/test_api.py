@@ -158,3 +158,30 @@ def test_conversation_query_uses_the_last_user_turn() -> None:
     assert (
         conversation_query([*messages, ("user", "and for lists?")]) == "What does the del statement do? and for lists?"
     )
+
+
+class FailingGenerator(FakeGenerator):
+    def stream(
+        self,
+        question: str,
+        passages: Sequence[str] | None,
+        *,
+        mode: AnswerMode = "free",
+        max_new_tokens: int | None = None,
+    ) -> Iterator[str]:
+        from rag.generation import GeneratorError
+
+        raise GeneratorError("Generation failed: out of memory.")
+        yield ""
+
+
+def test_generator_failure_is_a_503_never_an_ungrounded_answer(settings: Settings, corpus: Path) -> None:
+    from ingest.pipeline import Ingestor
+    from tests.fakes import FakeEmbedder
+
+    settings.answer.relevance_threshold = 0.05
+    store = InMemoryStore()
+    Ingestor(settings, store, FakeEmbedder()).ingest([corpus])
+    with TestClient(create_app(settings, make_service(settings, store, FailingGenerator("")))) as client:
+        response = client.post("/v1/answer", json={"question": QUESTION})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "generator_failed"

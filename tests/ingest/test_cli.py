@@ -74,3 +74,8 @@ def test_ledger_verify_fails_on_tamper(tmp_path: Path, settings) -> None:  # typ
     settings.ledger_path.write_text(lines[0] + lines[2])
     broken = rag("ledger", "verify")
     assert broken.returncode == 1 and "chain" in broken.stdout
+
+
+def test_ask_refuses_a_blank_question_with_a_code(tmp_path: Path) -> None:
+    result = rag("ask", "   ")
+    assert result.returncode == 2 and "empty_question" in result.stderr

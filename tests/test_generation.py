@@ -1,0 +1,70 @@
+"""Generator plumbing without model weights: prompts, the quote processor, the remote backend."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import torch
+
+from rag.errors import InvalidInputError
+from rag.generation import GeneratorError, OpenAICompatibleGenerator, QuoteLogitsProcessor, build_prompt
+from rag.settings import GeneratorSettings
+
+
+def test_prompt_numbers_passages_and_keeps_numbering_when_one_is_empty() -> None:
+    prompt = build_prompt("Where?", ["First  passage.", "", "Third\npassage."])
+    assert (
+        "[1] First passage." in prompt
+        and "[3] Third passage." in prompt  # whitespace collapsed
+        and "[2]" not in prompt.split("Context:")[-1]
+    )
+    assert prompt.endswith("Question: Where?\nAnswer:")
+    assert "Context" not in build_prompt("Where?", None)
+
+
+def test_quote_processor_only_allows_continuations_of_passage_spans() -> None:
+    # prompt ids: 9 9 | passage 1 2 3 | 9 | passage 4 2 5 | 9  (spans [2,5) and [6,9))
+    prompt = [9, 9, 1, 2, 3, 9, 4, 2, 5, 9]
+    processor = QuoteLogitsProcessor(prompt, [(2, 5), (6, 9)], stop_ids=[0])
+
+    def allowed(generated: list[int]) -> set[int]:
+        scores = processor(torch.tensor([prompt + generated]), torch.zeros(1, 12))
+        return {i for i in range(12) if scores[0, i] > float("-inf")}
+
+    assert allowed([]) == {1, 2, 3, 4, 5}  # any passage token may start; no stop before a token
+    assert allowed([2]) == {3, 5, 0}  # "2" continues as "3" (span 1) or "5" (span 2), or stops
+    assert allowed([2, 5]) == {0}  # span 2 ends: only stopping is left
+
+
+def completion(text: str) -> httpx.Response:
+    return httpx.Response(200, json={"choices": [{"message": {"content": text}}], "usage": {"completion_tokens": 3}})
+
+
+def test_remote_generator_speaks_the_openai_protocol() -> None:
+    seen: list[dict[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        assert request.url.path == "/v1/chat/completions" and request.headers["authorization"] == "Bearer k"
+        return completion("the North Sea\nextra line")
+
+    settings = GeneratorSettings(backend="openai", base_url="http://llm:8000/v1/", remote_model="m", api_key="k")
+    generator = OpenAICompatibleGenerator(settings, transport=httpx.MockTransport(handler))
+    result = generator.generate("Where?", ["The Rhine flows into the North Sea."])
+    assert result.text == "the North Sea" and result.tokens == 3
+    assert seen[0]["model"] == "m" and seen[0]["temperature"] == 0
+    assert generator.watermarked is False and generator.model_id == "openai-compatible:m@http://llm:8000/v1"
+    with pytest.raises(InvalidInputError):
+        generator.generate("Where?", ["x"], mode="quote")
+
+
+def test_remote_failure_is_a_generator_error() -> None:
+    settings = GeneratorSettings(backend="openai", base_url="http://llm:8000/v1")
+    failing = OpenAICompatibleGenerator(settings, transport=httpx.MockTransport(lambda r: httpx.Response(500)))
+    with pytest.raises(GeneratorError) as err:
+        failing.generate("Where?", ["x"])
+    assert err.value.code == "generator_failed" and err.value.http_status == 503
+    with pytest.raises(InvalidInputError):
+        OpenAICompatibleGenerator(GeneratorSettings(backend="openai"))
