@@ -14,6 +14,9 @@ from rag.types import Chunk, StoredChunk
 _WRITE_BATCH = 1000
 
 
+GET_PAGE = 5_000
+
+
 class ChromaStore:
     """Chunks with provenance metadata in a Chroma collection (cosine space)."""
 
@@ -74,11 +77,16 @@ class ChromaStore:
     def get(self, ids: Sequence[str]) -> list[StoredChunk]:
         if not ids:
             return []
-        got = self._collection.get(ids=list(ids), include=["documents", "metadatas"])
-        return [
-            StoredChunk(id=i, text=t or "", metadata=dict(m or {}))
-            for i, t, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
-        ]
+        out: list[StoredChunk] = []
+        wanted = list(ids)
+        # SQLite refuses a statement with more than 32,766 variables: read in pages.
+        for start in range(0, len(wanted), GET_PAGE):
+            got = self._collection.get(ids=wanted[start : start + GET_PAGE], include=["documents", "metadatas"])
+            out.extend(
+                StoredChunk(id=i, text=t or "", metadata=dict(m or {}))
+                for i, t, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
+            )
+        return out
 
     def where(self, where: dict[str, Any]) -> list[StoredChunk]:
         got = self._collection.get(where=where, include=["documents", "metadatas"])
