@@ -221,6 +221,7 @@ class AnswerService:
             yield self._abstain(base, "grounding_check_failed", timings, started, retrieved, checked, raw)
             return
         timings["generate_ms"] = (time.perf_counter() - t0) * 1000 - timings.get("check_ms", 0.0)
+        timings["tokens"] = float(getattr(self.generator, "last_tokens", 0))
         if not kept:
             yield self._abstain(base, "unsupported_answer", timings, started, retrieved, checked, raw)
             return
