@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import subprocess
@@ -30,11 +29,6 @@ SHARED = REPO.parent / "shared"
 sys.path[0] = str(REPO)  # run as a script, this folder would shadow the `ingest` package
 
 SCALE_CHUNKS = 100_000
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def run_peer(dataset: Path, limit: int) -> dict[str, float]:
@@ -108,6 +102,7 @@ def main() -> None:
     import httpx
     import psutil
 
+    from rag.evaluation import percentile
     from rag.settings import Settings
     from rag.squad import SquadData, write_signed_passages
     from rag.wiring import build_embedder, build_ingestor, build_retriever, build_store

@@ -30,17 +30,6 @@ SHARED = REPO.parent / "shared"
 sys.path[0] = str(REPO)
 
 
-def load_squad(path: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    passages, questions = [], []
-    for article in data["data"]:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                questions.append((qa["question"], len(passages)))
-            passages.append(paragraph["context"])
-    return passages, questions
-
-
 def run_peer(dataset: Path) -> dict[str, float]:
     script = SHARED / "bench" / "langchain_baseline.py"
     out = subprocess.run(
@@ -61,37 +50,21 @@ def main() -> None:
     args = parser.parse_args()
 
     from ingest.pipeline import Ingestor
-    from ingest.provenance import add_trusted_key, load_private_key, sign_document, write_key_pair
     from rag.settings import Settings
+    from rag.squad import SquadData, passage_doc_id, write_signed_passages
     from rag.watermark import WatermarkCheck
     from rag.wiring import build_embedder, build_store, content_checks
 
-    passages, questions = load_squad(args.dataset)
+    data = SquadData.load(args.dataset)
+    passages, questions = data.passages, [(q.question, q.passage) for q in data.questions]
     figures: dict[str, float | int | str] = {"passages": len(passages)}
     # The peer runs first: a child's peak RSS starts from its parent's at fork time on Linux.
     peer = None if args.no_peer else run_peer(args.dataset)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        corpus = root / "corpus"
-        corpus.mkdir()
-        key_path, public = write_key_pair("bench-curator", root / "keys")
-        trust = root / "trust.json"
-        add_trusted_key(trust, "bench-curator", public)
-        key = load_private_key(key_path)
         start = time.perf_counter()
-        for i, text in enumerate(passages):
-            doc = corpus / f"p{i:04d}.txt"
-            doc.write_text(text, encoding="utf-8")
-            # SQuAD passages are Wikipedia text written by people: signing them as human is honest.
-            sign_document(
-                doc,
-                key,
-                authors=["Wikipedia contributors"],
-                license="CC-BY-SA-4.0",
-                origin="human",
-                curator="bench-curator",
-                source_uri="https://rajpurkar.github.io/SQuAD-explorer/",
-            )
+        # SQuAD passages are Wikipedia text written by people: signing them as human is honest.
+        corpus, trust = write_signed_passages(passages, root, curator="bench-curator")
         figures["sign_seconds"] = round(time.perf_counter() - start, 2)
 
         settings = Settings(data_dir=root / "data", trust_path=trust)
@@ -126,7 +99,7 @@ def main() -> None:
         hits = 0
         for (_, gold), vec in zip(sample, vectors, strict=True):
             got = store.query(vec, 4)
-            hits += any(h.metadata["doc_id"] == f"p{gold:04d}.txt" for h in got)
+            hits += any(h.metadata["doc_id"] == passage_doc_id(gold) for h in got)
         figures["dense_recall_at_4"] = round(hits / len(sample), 3)
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 

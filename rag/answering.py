@@ -205,18 +205,10 @@ class AnswerService:
                 raw += piece
                 sentences = split_sentences(buffer)
                 if len(sentences) > 1:  # every sentence but the last is complete
-                    for support in self._check(sentences[:-1], passages, timings):
-                        checked.append(support)
-                        if support.supported:
-                            kept.append(support)
-                            yield Delta(_with_marker(support, first=len(kept) == 1))
+                    yield from self._release(sentences[:-1], passages, timings, checked, kept)
                     buffer = sentences[-1]
             if buffer.strip():
-                for support in self._check([buffer.strip()], passages, timings):
-                    checked.append(support)
-                    if support.supported:
-                        kept.append(support)
-                        yield Delta(_with_marker(support, first=len(kept) == 1))
+                yield from self._release([buffer.strip()], passages, timings, checked, kept)
         except _CheckerFailedError:
             yield self._abstain(base, "grounding_check_failed", timings, started, retrieved, checked, raw)
             return
@@ -240,6 +232,21 @@ class AnswerService:
             passage_texts=passages,
             **base,
         )
+
+    def _release(
+        self,
+        sentences: list[str],
+        passages: list[str],
+        timings: dict[str, float],
+        checked: list[SentenceSupport],
+        kept: list[SentenceSupport],
+    ) -> Iterator[Delta]:
+        """Check complete sentences; record every score and yield the supported ones, cited."""
+        for support in self._check(sentences, passages, timings):
+            checked.append(support)
+            if support.supported:
+                kept.append(support)
+                yield Delta(_with_marker(support, first=len(kept) == 1))
 
     def _check(self, sentences: list[str], passages: list[str], timings: dict[str, float]) -> list[SentenceSupport]:
         t0 = time.perf_counter()

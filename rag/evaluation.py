@@ -189,26 +189,19 @@ def run(
 
 
 def _finished(path: Path) -> set[str]:
+    """Ids already answered; a torn last line from a kill is cut (that question is redone)."""
     if not path.exists():
         return set()
-    done = set()
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for line in lines:
+    done: set[str] = set()
+    valid: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
             done.add(str(json.loads(line)["id"]))
         except (ValueError, KeyError):
-            break  # a torn last line from a kill: that question is redone
-    valid = [line for line in lines if line.strip() and _parses(line)]
-    path.write_text("".join(line + "\n" for line in valid), encoding="utf-8")
+            continue
+        valid.append(line + "\n")
+    path.write_text("".join(valid), encoding="utf-8")
     return done
-
-
-def _parses(line: str) -> bool:
-    try:
-        json.loads(line)
-    except ValueError:
-        return False
-    return True
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
@@ -43,6 +43,5 @@ def contains_answer(prediction: str, gold: str) -> float:
     return float(bool(expected) and f" {expected} " in f" {normalize_answer(prediction)} ")
 
 
-def best_over_gold(metric: object, prediction: str, golds: Sequence[str]) -> float:
-    assert callable(metric)
+def best_over_gold(metric: Callable[[str, str], float], prediction: str, golds: Sequence[str]) -> float:
     return max((float(metric(prediction, g)) for g in golds), default=0.0)

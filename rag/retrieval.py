@@ -108,6 +108,11 @@ class LexicalIndex:
     def head(self) -> str | None:
         return self._head
 
+    def follow(self, store: VectorStore, head: str) -> None:
+        """Reflect ledger `head`: keep the loaded index, else load the saved one, else rebuild from the store."""
+        if self._head != head and self.load() != head:
+            self.rebuild(store, head)
+
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         if self._retriever is None or not self._ids:
             return []

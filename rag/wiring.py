@@ -63,9 +63,7 @@ def build_retriever(settings: Settings, embedder: Embedder | None = None) -> Hyb
 
     store = build_store(settings)
     lexical = LexicalIndex(settings.lexical_path)
-    head = Ledger(settings.ledger_path).head()
-    if lexical.load() != head:
-        lexical.rebuild(store, head)
+    lexical.follow(store, Ledger(settings.ledger_path).head())
     return HybridRetriever(store, embedder or build_embedder(settings), lexical)
 
 
@@ -97,9 +95,7 @@ def build_answer_service(
     ledger = Ledger(settings.ledger_path)
 
     def refresh() -> None:
-        head = ledger.read_head()
-        if lexical.head != head and lexical.load() != head:
-            lexical.rebuild(store, head)
+        lexical.follow(store, ledger.read_head())
 
     refresh()
     return AnswerService(
