@@ -78,13 +78,7 @@ def load_tokenizer_and_config(name: str, cache_root: Path) -> tuple[Any, Any]:
     with _lock:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        target = _cache_dir(spec, gguf, cache_root / "tokenizers")
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tokenizer.save_pretrained(str(tmp))
-        config.save_pretrained(str(tmp))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        _save(_cache_dir(spec, gguf, cache_root / "tokenizers"), tokenizer, config)
     return tokenizer, config
 
 
@@ -105,21 +99,21 @@ def load_model(name: str, cache_root: Path) -> tuple[Any, Any]:
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-            _save(model, tokenizer, cached)
+            # The GGUF quantizer marks the model unserialisable; the weights are plain float32 tensors by now.
+            model.hf_quantizer = None  # type: ignore[assignment]
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            _save(cached, model, tokenizer)
     model.eval()
     return model, tokenizer
 
 
-def _save(model: Any, tokenizer: Any, target: Path) -> None:
-    """Write the converted model beside its final place, then rename: a kill leaves no half cache."""
+def _save(target: Path, *parts: Any) -> None:
+    """`save_pretrained` each part beside the final folder, then rename: a kill leaves no half cache."""
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    # The GGUF quantizer marks the model unserialisable; the weights are plain float32 tensors by now.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
+    for part in parts:
+        part.save_pretrained(str(tmp))
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
