@@ -11,12 +11,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ingest.chunking import Chunker
 from ingest.ledger import Ledger, LiveDocument
@@ -26,6 +28,8 @@ from rag.errors import InvalidInputError, NotFoundError
 from rag.protocols import Embedder, VectorStore
 from rag.settings import Settings
 from rag.types import Chunk
+
+T = TypeVar("T")
 
 
 class ContentCheck(Protocol):
@@ -167,7 +171,12 @@ class Ingestor:
         return verdicts
 
     def ingest(self, paths: Sequence[Path], progress: Callable[[int], None] | None = None) -> IngestReport:
-        """Ingest documents and folders; `progress(n)` is called as documents are handled."""
+        """Ingest documents and folders; `progress(n)` is called as documents are handled.
+
+        Verifying, checking and chunking run on a helper thread one batch ahead, while this thread
+        embeds and writes the previous batch (torch and Chroma release the GIL). Batches are written
+        in order, each before its ledger entries, so the crash-safety argument is unchanged.
+        """
         documents = discover(paths)
         started = time.perf_counter()
         report = IngestReport()
@@ -175,43 +184,58 @@ class Ingestor:
             self.ledger.repair_torn_tail()
             live = self.ledger.live()
             report.repaired_chunks = self._reconcile(live)
-            last_reject = self._last_rejections()
-            by_sha = {doc.sha256: doc.doc_id for doc in live.values()}
-            totals = _origin_totals(live)
-            pending: list[_Pending] = []
             rejects: list[dict[str, Any]] = []
-            for document, root in documents:
-                verdict = self._verify_one(document, root)
-                outcome = self._decide(verdict, live, by_sha, totals)
-                if isinstance(outcome, _Pending):
-                    pending.append(outcome)
-                    live[verdict.doc_id] = _placeholder(verdict, outcome)
-                    by_sha[verdict.sha256 or ""] = verdict.doc_id
-                    _add_totals(totals, outcome.previous, verdict)
-                    (report.replaced if outcome.action == "replace" else report.accepted).append(_summary(verdict))
-                    report.chunks += len(outcome.chunks)
-                elif outcome == "unchanged":
-                    report.unchanged.append(_summary(verdict))
-                elif outcome == "duplicate":
-                    report.duplicates.append({**_summary(verdict), "duplicate_of": by_sha.get(verdict.sha256 or "")})
-                else:
-                    refused = outcome if isinstance(outcome, Verdict) else verdict
-                    report.rejected.append({**refused.as_dict(), "time": utc_now()})
-                    if last_reject.get(refused.doc_id) != (refused.sha256, refused.reason):
-                        rejects.append(_reject_record(refused))
-                        last_reject[refused.doc_id] = (refused.sha256, refused.reason)
-                if sum(len(p.chunks) for p in pending) >= self.settings.ingest.flush_chunks:
-                    self._flush(pending)
-                    pending = []
-                if progress:
-                    progress(1)
-            self._flush(pending)
+            for batch in in_background(self._prepare(documents, live, report, rejects, progress)):
+                self._flush(batch)
             self.ledger.append_many(rejects)
             self._write_quarantine(report)
         if self.on_change and (report.accepted or report.replaced or report.repaired_chunks):
             self.on_change()
         report.seconds = time.perf_counter() - started
         return report
+
+    def _prepare(
+        self,
+        documents: list[tuple[Path, Path]],
+        live: dict[str, LiveDocument],
+        report: IngestReport,
+        rejects: list[dict[str, Any]],
+        progress: Callable[[int], None] | None,
+    ) -> Iterator[list[_Pending]]:
+        """Decide every document in order; yield the admitted ones in batches of ~flush_chunks chunks."""
+        last_reject = self._last_rejections()
+        by_sha = {doc.sha256: doc.doc_id for doc in live.values()}
+        totals = _origin_totals(live)
+        pending: list[_Pending] = []
+        size = 0
+        for document, root in documents:
+            verdict = self._verify_one(document, root)
+            outcome = self._decide(verdict, live, by_sha, totals)
+            if isinstance(outcome, _Pending):
+                pending.append(outcome)
+                size += len(outcome.chunks)
+                live[verdict.doc_id] = _placeholder(verdict, outcome)
+                by_sha[verdict.sha256 or ""] = verdict.doc_id
+                _add_totals(totals, outcome.previous, verdict)
+                (report.replaced if outcome.action == "replace" else report.accepted).append(_summary(verdict))
+                report.chunks += len(outcome.chunks)
+            elif outcome == "unchanged":
+                report.unchanged.append(_summary(verdict))
+            elif outcome == "duplicate":
+                report.duplicates.append({**_summary(verdict), "duplicate_of": by_sha.get(verdict.sha256 or "")})
+            else:
+                refused = outcome if isinstance(outcome, Verdict) else verdict
+                report.rejected.append({**refused.as_dict(), "time": utc_now()})
+                if last_reject.get(refused.doc_id) != (refused.sha256, refused.reason):
+                    rejects.append(_reject_record(refused))
+                    last_reject[refused.doc_id] = (refused.sha256, refused.reason)
+            if size >= self.settings.ingest.flush_chunks:
+                yield pending
+                pending, size = [], 0
+            if progress:
+                progress(1)
+        if pending:
+            yield pending
 
     def remove(self, doc_id: str) -> LiveDocument:
         """Remove a document: the ledger records it first, then its chunks are deleted."""
@@ -375,6 +399,48 @@ class Ingestor:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
+
+
+def in_background(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Iterate `items` on a helper thread, at most `depth` items ahead of the consumer.
+
+    An error in the producer is raised in the consumer; when the consumer stops early (or fails),
+    the producer is told to stop and is joined before this generator returns.
+    """
+    channel: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                channel.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    return
+            put("done", None)
+        except BaseException as exc:  # handed over to the consumer, which raises it
+            put("error", exc)
+
+    thread = threading.Thread(target=produce, name="ingest-prepare", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = channel.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _refuse(verdict: Verdict, reason: str, detail: str) -> Verdict:

@@ -55,6 +55,9 @@ class WatermarkSettings(BaseModel):
     bias: float = Field(2.5, ge=0.0)
     z_threshold: float = Field(4.0, gt=0.0, description="Ingest refuses text whose z-score exceeds this.")
     max_scored_tokens: int = Field(384, ge=16, description="Tokens scored per document, in windows spread over it.")
+    hot_prefixes: int = Field(
+        16384, ge=256, description="Prefix tokens whose green lists are precomputed; only those pairs are scored."
+    )
     detect: bool = True
 
 

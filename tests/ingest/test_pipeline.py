@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ingest.ledger import Ledger
-from ingest.pipeline import Ingestor, parse_chunk_id
+from ingest.pipeline import Ingestor, in_background, parse_chunk_id
 from rag.errors import NotFoundError
 from rag.settings import Settings
 from tests.conftest import Curator, pydoc_text
@@ -144,3 +146,53 @@ def test_prov_export_names_documents_signers_and_activities(settings: Settings, 
     prov = json.loads(ledger_to_prov(Ledger(settings.ledger_path)).serialize(format="json"))
     assert len(prov["entity"]) == 3 and len(prov["activity"]) == 4
     assert prov["wasInvalidatedBy"] and prov["wasAttributedTo"] and prov["wasAssociatedWith"]
+
+
+def test_in_background_keeps_order_and_raises_producer_errors() -> None:
+    assert list(in_background(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise ValueError("bad document")
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="bad document"):
+        got.extend(in_background(failing()))
+    assert got == [1]
+
+
+def test_in_background_stops_the_producer_when_the_consumer_stops() -> None:
+    produced: list[int] = []
+
+    def counting() -> Iterator[int]:
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    for item in in_background(counting()):
+        if item == 3:
+            break
+    # The helper thread was joined: it made at most the item in the queue and the one it held.
+    assert 4 <= len(produced) <= 6
+    assert not [t for t in threading.enumerate() if t.name == "ingest-prepare"]
+
+
+def test_content_check_failure_on_the_helper_thread_leaves_store_and_ledger_consistent(
+    settings: Settings, corpus: Path
+) -> None:
+    class Exploding:
+        calls = 0
+
+        def check(self, text: str) -> tuple[str, str] | None:
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("detector crashed")
+            return None
+
+    store = InMemoryStore()
+    settings.ingest.flush_chunks = 1
+    with pytest.raises(RuntimeError, match="detector crashed"):
+        Ingestor(settings, store, FakeEmbedder(), checks=[Exploding()]).ingest([corpus])
+    assert store.count() == live_chunks(settings)  # the first document was written whole, or not at all
+    report = Ingestor(settings, store, FakeEmbedder()).ingest([corpus])
+    assert len(report.accepted) + len(report.unchanged) == 3 and store.count() == live_chunks(settings)
