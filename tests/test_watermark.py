@@ -91,7 +91,8 @@ def test_check_names_the_model_and_the_z_score(settings: WatermarkSettings, dete
     check._detectors = [detector]
     processor, tokens = detector.detector.processor, [3]
     while len(tokens) < 120:
-        tokens.append(next(g for g in processor._get_greenlist_ids(torch.tensor([tokens[-1]])).tolist() if 2 <= g < 300 and g % 7 and g not in tokens))
+        greens = processor._get_greenlist_ids(torch.tensor([tokens[-1]])).tolist()
+        tokens.append(next(g for g in greens if 2 <= g < 300 and g % 7 and g not in tokens))
     found = check.check(" ".join(f"w{t}" for t in tokens))
     assert found is not None and found[0] == "watermark_detected" and "tiny" in found[1] and "z=" in found[1]
     assert check.check("w2 w3 w4 w5") is None
