@@ -76,6 +76,11 @@ class SentenceTransformerEmbedder:
         import torch
 
         with torch.inference_mode():
+            if len(texts) <= self.batch_size:
+                # One batch (a query): call the model directly, skipping ~2 ms of encode() bookkeeping.
+                features = self._model.preprocess(list(texts))
+                pooled = self._model(features)["sentence_embedding"]
+                return torch.nn.functional.normalize(pooled.float(), dim=-1).numpy().tolist()
             vectors = self._model.encode(
                 list(texts),
                 batch_size=self.batch_size,

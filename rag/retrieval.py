@@ -137,9 +137,11 @@ class HybridRetriever:
 
     def retrieve(self, query: str, top_k: int = 4, filters: dict[str, Any] | None = None) -> list[Hit]:
         where = where_clause(filters)
-        dense = self.store.query(self.embedder.embed([query])[0], self.candidates, where=where)
+        # Ranks need only ids and scores; text and metadata are read for the winners alone.
+        dense = self.store.query(self.embedder.embed([query])[0], self.candidates, where=where, content=False)
         lexical = self.lexical.search(query, self.candidates * 3 if filters else self.candidates)
         fused: dict[str, float] = {}
+        dense_score = {c.id: c.score for c in dense}
         dense_rank = {c.id: r for r, c in enumerate(dense)}
         for rank, chunk in enumerate(dense):
             fused[chunk.id] = fused.get(chunk.id, 0.0) + 1.0 / (RRF_K + rank + 1)
@@ -147,21 +149,26 @@ class HybridRetriever:
         for rank, (chunk_id, _) in enumerate(lexical):
             lexical_rank[chunk_id] = rank
             fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
-        by_id = {c.id: c for c in dense}
-        missing = [i for i in fused if i not in by_id]
-        for chunk in self.store.get(missing):
-            if _matches(chunk.metadata, filters):
-                by_id[chunk.id] = chunk
-        ranked = sorted((i for i in fused if i in by_id), key=lambda i: -fused[i])[:top_k]
+        ranked = sorted(fused, key=lambda i: -fused[i])
+        chosen: list[StoredChunk] = []
+        start = 0
+        while len(chosen) < top_k and start < len(ranked):
+            # Dense hits already passed the filter in the store; lexical-only ones are checked here.
+            page = ranked[start : start + top_k - len(chosen)]
+            start += len(page)
+            found = {c.id: c for c in self.store.get(page)}
+            chosen.extend(
+                found[i] for i in page if i in found and (i in dense_rank or _matches(found[i].metadata, filters))
+            )
         return [
             Hit(
-                chunk=by_id[i],
-                fused=fused[i],
-                dense_score=by_id[i].score if i in dense_rank else None,
-                dense_rank=dense_rank.get(i),
-                lexical_rank=lexical_rank.get(i),
+                chunk=chunk,
+                fused=fused[chunk.id],
+                dense_score=dense_score.get(chunk.id),
+                dense_rank=dense_rank.get(chunk.id),
+                lexical_rank=lexical_rank.get(chunk.id),
             )
-            for i in ranked
+            for chunk in chosen
         ]
 
     def dense_similarity(self, query: str, texts: Sequence[str]) -> list[float]:

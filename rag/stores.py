@@ -95,18 +95,21 @@ class ChromaStore:
             for i, t, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
         ]
 
-    def query(self, embedding: Sequence[float], k: int, where: dict[str, Any] | None = None) -> list[StoredChunk]:
+    def query(
+        self, embedding: Sequence[float], k: int, where: dict[str, Any] | None = None, *, content: bool = True
+    ) -> list[StoredChunk]:
         got = self._collection.query(
             query_embeddings=[list(embedding)],
             n_results=k,
             where=where,
-            include=["documents", "metadatas", "distances"],
+            include=["documents", "metadatas", "distances"] if content else ["distances"],
         )
+        ids, distances = got["ids"][0], got["distances"][0]
+        texts = got["documents"][0] if content else [""] * len(ids)
+        metadatas = got["metadatas"][0] if content else [{}] * len(ids)
         return [
             StoredChunk(id=i, text=t or "", metadata=dict(m or {}), score=1.0 - float(d))
-            for i, t, m, d in zip(
-                got["ids"][0], got["documents"][0], got["metadatas"][0], got["distances"][0], strict=True
-            )
+            for i, t, m, d in zip(ids, texts, metadatas, distances, strict=True)
         ]
 
     def count(self) -> int:

@@ -60,14 +60,19 @@ class InMemoryStore:
     def get(self, ids: Sequence[str]) -> list[StoredChunk]:
         return [StoredChunk(i, self.rows[i][0].text, dict(self.rows[i][0].metadata)) for i in ids if i in self.rows]
 
-    def query(self, embedding: Sequence[float], k: int, where: dict[str, Any] | None = None) -> list[StoredChunk]:
+    def query(
+        self, embedding: Sequence[float], k: int, where: dict[str, Any] | None = None, *, content: bool = True
+    ) -> list[StoredChunk]:
         scored = []
         for chunk, emb in self.rows.values():
             if where and any(chunk.metadata.get(key) != value for key, value in where.items()):
                 continue
             scored.append(
                 StoredChunk(
-                    chunk.id, chunk.text, dict(chunk.metadata), sum(a * b for a, b in zip(embedding, emb, strict=True))
+                    chunk.id,
+                    chunk.text if content else "",
+                    dict(chunk.metadata) if content else {},
+                    sum(a * b for a, b in zip(embedding, emb, strict=True)),
                 )
             )
         return sorted(scored, key=lambda c: -c.score)[:k]

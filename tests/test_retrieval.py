@@ -48,6 +48,14 @@ def test_index_follows_removal(settings: Settings, corpus: Path) -> None:
     assert lexical.head == ledger.head()
 
 
+def test_hits_come_best_fused_first_with_their_text(indexed: tuple[HybridRetriever, InMemoryStore]) -> None:
+    retriever, store = indexed
+    hits = retriever.retrieve("the pass statement is a null operation", top_k=10)
+    assert len(hits) == store.count() > 1 and [h.fused for h in hits] == sorted((h.fused for h in hits), reverse=True)
+    for hit in hits:
+        assert hit.chunk.text == store.get([hit.chunk.id])[0].text and hit.chunk.metadata["chunk_sha256"]
+
+
 def test_filters_restrict_results(indexed: tuple[HybridRetriever, InMemoryStore]) -> None:
     retriever, _ = indexed
     hits = retriever.retrieve("statement", top_k=5, filters={"doc_id": "pass.md"})

@@ -19,3 +19,14 @@ def test_get_reads_in_pages_and_keeps_every_row(tmp_path: Path, monkeypatch: pyt
     got = store.get([f"c{i}" for i in range(8)])
     assert sorted(c.id for c in got) == [f"c{i}" for i in range(8)]
     assert {c.id: c.text for c in got}["c7"] == "text 7" and len(store.ids()) == 8
+
+
+def test_query_without_content_returns_ids_and_scores_only(tmp_path: Path) -> None:
+    store = ChromaStore.open(path=tmp_path / "chroma", url=None, collection="ids")
+    chunks = [Chunk(f"c{i}", "d", i, f"text {i}", "", "", {"doc_id": "d"}) for i in range(3)]
+    store.upsert(chunks, [[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    full = store.query([1.0, 0.0], 2)
+    bare = store.query([1.0, 0.0], 2, content=False)
+    assert [c.id for c in bare] == [c.id for c in full] == ["c0", "c1"]
+    assert [round(c.score, 4) for c in bare] == [round(c.score, 4) for c in full] == [1.0, 0.6]
+    assert full[0].text == "text 0" and bare[0].text == "" and bare[0].metadata == {}

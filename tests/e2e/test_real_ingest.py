@@ -153,3 +153,14 @@ def test_hybrid_retrieval_over_the_real_default_corpus(settings: Settings, pydoc
     for question, doc_id in expectations.items():
         hits = retriever.retrieve(question, top_k=4)
         assert doc_id in [h.chunk.metadata["doc_id"] for h in hits], (question, [h.chunk.id for h in hits])
+
+
+def test_query_path_embeds_exactly_like_the_batch_path(settings: Settings) -> None:
+    embedder = build_embedder(settings)
+    texts = ["What does the pass statement do?", "A longer sentence about loops, break and continue statements."]
+    one_by_one = [embedder.embed([t])[0] for t in texts]  # the single-batch fast path
+    embedder.batch_size = 1
+    batched = embedder.embed(texts)  # encode(): two batches of one
+    for a, b in zip(one_by_one, batched, strict=True):
+        assert sum(x * y for x, y in zip(a, b, strict=True)) > 0.9999
+        assert abs(sum(x * x for x in a) - 1.0) < 1e-5
