@@ -65,7 +65,7 @@ class SentenceTransformerEmbedder:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch marks eager quantisation as deprecated
-                model = quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig})
+                model = quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
         self.dimension = int(model.get_embedding_dimension() or 384)
         self._model = model
 
