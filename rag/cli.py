@@ -213,6 +213,9 @@ _register()
 
 def main() -> None:
     """Console-script entry: domain errors become a readable line and a non-zero exit."""
+    from rag.runtime import limit_malloc_arenas
+
+    limit_malloc_arenas()
     try:
         code = app(standalone_mode=False)
     except RagError as exc:

@@ -135,7 +135,8 @@ class LocalGenerator:
 
     @property
     def model_id(self) -> str:
-        return f"{self.spec.name} ({self.spec.description}, transformers gguf_file)"
+        weights = "" if self.settings.quantize == "none" else f", {self.settings.quantize}"
+        return f"{self.spec.name} ({self.spec.description}, transformers gguf_file{weights})"
 
     @property
     def tokenizer(self) -> Any:
@@ -153,9 +154,12 @@ class LocalGenerator:
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
             try:
-                self._model, self._tokenizer = load_model(self.spec.name, self.cache_root)
+                tied = self.settings.quantize == "int8-embeddings"
+                self._model, self._tokenizer = load_model(self.spec.name, self.cache_root, in_memory=tied)
                 if self.settings.quantize == "int8-head":
                     self._model.lm_head = _int8_linear(self._model.lm_head)
+                elif tied:
+                    _int8_embeddings(self._model)
             except BackendUnavailableError:
                 raise
             except Exception as exc:
@@ -274,6 +278,38 @@ def _int8_linear(layer: Any) -> Any:
         warnings.simplefilter("ignore")  # torch marks eager quantisation as deprecated
         wrapped = quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear: per_channel_dynamic_qconfig})
     return wrapped[0]
+
+
+def _int8_embeddings(model: Any) -> None:
+    """One int8 table for the tied token embedding and output layer; the float32 table is freed.
+
+    Gemma's 262k x 640 table is 62% of its weights (670 MB in float32). The output layer becomes a
+    dynamic per-row int8 Linear; the input lookup reads the same int8 rows times their scales. The
+    rest of the model stays float32.
+    """
+    import torch
+
+    embeddings = model.get_input_embeddings()
+    head = _int8_linear(model.lm_head)
+    packed = head.weight()  # per-channel quantised: one scale (and zero point) per token row
+    codes = packed.int_repr()
+    scales = packed.q_per_channel_scales().to(torch.float32)
+    zeros = packed.q_per_channel_zero_points().to(torch.float32)
+    factor = getattr(embeddings, "embed_scale", None)
+    factor = float(factor) if factor is not None else 1.0
+
+    class Int8Lookup(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.codes, self.scales, self.zeros = codes, scales, zeros  # CPU only: plain attributes
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            rows = self.codes[ids].to(torch.float32) - self.zeros[ids].unsqueeze(-1)
+            return rows * (self.scales[ids] * factor).unsqueeze(-1)
+
+    model.set_input_embeddings(Int8Lookup())
+    model.lm_head = head
+    model.config.tie_word_embeddings = False  # nothing may re-tie the freed float32 table
 
 
 def _as_list(value: Any) -> list[int]:

@@ -82,8 +82,12 @@ def load_tokenizer_and_config(name: str, cache_root: Path) -> tuple[Any, Any]:
     return tokenizer, config
 
 
-def load_model(name: str, cache_root: Path) -> tuple[Any, Any]:
-    """(model, tokenizer) in float32 on CPU, eval mode."""
+def load_model(name: str, cache_root: Path, *, in_memory: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) in float32 on CPU, eval mode.
+
+    The cached weights are memory-mapped unless `in_memory`: then they are read into process memory,
+    so that a weight replaced after loading (see `generation._int8_embeddings`) is really freed.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -94,7 +98,7 @@ def load_model(name: str, cache_root: Path) -> tuple[Any, Any]:
     cached = _cache_dir(spec, gguf, cache_root)
     with _lock:
         if (cached / "model.safetensors").exists():
-            model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32, disable_mmap=in_memory)
             tokenizer = AutoTokenizer.from_pretrained(str(cached))
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

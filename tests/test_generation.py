@@ -68,3 +68,45 @@ def test_remote_failure_is_a_generator_error() -> None:
     assert err.value.code == "generator_failed" and err.value.http_status == 503
     with pytest.raises(InvalidInputError):
         OpenAICompatibleGenerator(GeneratorSettings(backend="openai"))
+
+
+def test_int8_embeddings_keep_the_tiny_models_outputs() -> None:
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from rag.generation import _int8_embeddings
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        tie_word_embeddings=True,
+    )
+    model = Gemma3ForCausalLM(config).eval()
+    ids = torch.randint(0, 512, (1, 24))
+    with torch.inference_mode():
+        before_embed = model.get_input_embeddings()(ids)
+        before = model(ids).logits
+    _int8_embeddings(model)
+    with torch.inference_mode():
+        after_embed = model.get_input_embeddings()(ids)
+        after = model(ids).logits
+    assert model.config.tie_word_embeddings is False
+    assert not any(p.shape == (512, 64) and p.dtype == torch.float32 for p in model.parameters())  # table freed
+    assert torch.nn.functional.cosine_similarity(before_embed, after_embed, dim=-1).min() > 0.999
+    assert torch.nn.functional.cosine_similarity(before, after, dim=-1).min() > 0.99
+    assert (before.argmax(-1) == after.argmax(-1)).float().mean() > 0.9
+
+
+def test_malloc_arena_cap_applies_on_glibc() -> None:
+    import platform
+
+    from rag.runtime import limit_malloc_arenas
+
+    applied = limit_malloc_arenas()
+    assert applied is (platform.libc_ver()[0] == "glibc")

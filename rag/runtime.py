@@ -1,0 +1,26 @@
+"""Process-wide tuning applied once at start-up, before any worker thread exists."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas(count: int = 2) -> bool:
+    """Cap glibc's per-thread malloc arenas; returns False where that is not possible.
+
+    glibc gives each thread that allocates its own heap arena (up to 8 per core). Our worker threads
+    (ingest preparation, the generation queue, streaming) each grew one, and freed tensor memory stayed
+    spread over them: measured 300 MB more peak RSS in ingest and ~140 MB in the server. Two arenas
+    keep the contention low on 2 cores. Does nothing on other C libraries.
+    """
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(M_ARENA_MAX, count))
+    except (OSError, AttributeError):
+        return False
