@@ -40,9 +40,8 @@ class _State:
 
     def warm_up(self) -> None:
         try:
-            self.service.retriever.embedder.warm_up()
+            self.service.retriever.warm_up()
             self.service.generator.warm_up()
-            self.service.retriever.embedder.embed(["warm-up"])
             self.ready.set()
         except Exception as exc:  # reported by /readyz
             log.exception("warm-up failed")

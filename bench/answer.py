@@ -118,7 +118,7 @@ def main() -> None:
         embedder = build_embedder(settings)
         build_ingestor(settings, embedder).ingest([corpus])
         retriever = build_retriever(settings, embedder)
-        retriever.retrieve("warm up", top_k=4)
+        retriever.warm_up()  # what the server does before /readyz turns ready
         small = retrieval_latency(retriever, [q.question for q in sample])
         figures.update(
             chunks=build_store(settings).count(),
@@ -127,7 +127,7 @@ def main() -> None:
         )
         print(f"retrieval over {figures['chunks']} chunks: p50 {figures['retrieval_p50_ms']} ms", flush=True)
         scaled = scaled_store(root, settings, build_store(settings), embedder)
-        scaled.retrieve("warm up", top_k=4)  # type: ignore[attr-defined]
+        scaled.warm_up()  # type: ignore[attr-defined]
         large = retrieval_latency(scaled, [q.question for q in sample])
         figures.update(
             retrieval_p50_ms_100k=round(percentile(large, 0.5), 2),

@@ -280,35 +280,47 @@ def _int8_linear(layer: Any) -> Any:
     return wrapped[0]
 
 
-def _int8_embeddings(model: Any) -> None:
-    """One int8 table for the tied token embedding and output layer; the float32 table is freed.
+RESCORED = 32  # output-layer candidates recomputed from the bfloat16 rows at each step
 
-    Gemma's 262k x 640 table is 62% of its weights (670 MB in float32). The output layer becomes a
-    dynamic per-row int8 Linear; the input lookup reads the same int8 rows times their scales. The
-    rest of the model stays float32.
+
+def _int8_embeddings(model: Any) -> None:
+    """Hold Gemma's tied token table as bfloat16 rows plus an int8 output layer; free the float32 one.
+
+    The 262k x 640 table is 62% of the weights (670 MB in float32); this keeps 335 + 168 MB. The
+    input lookup reads the bfloat16 rows. The output layer is a dynamic per-row int8 Linear over the
+    whole vocabulary, and its `RESCORED` best tokens are then recomputed exactly from their bfloat16
+    rows in float32: int8 logits alone changed 2 of our 10 end-to-end answers, the rescored ones
+    match float32 greedy decoding on them.
     """
     import torch
 
     embeddings = model.get_input_embeddings()
+    rows = embeddings.weight.detach().to(torch.bfloat16)
     head = _int8_linear(model.lm_head)
-    packed = head.weight()  # per-channel quantised: one scale (and zero point) per token row
-    codes = packed.int_repr()
-    scales = packed.q_per_channel_scales().to(torch.float32)
-    zeros = packed.q_per_channel_zero_points().to(torch.float32)
     factor = getattr(embeddings, "embed_scale", None)
     factor = float(factor) if factor is not None else 1.0
 
-    class Int8Lookup(torch.nn.Module):
+    class Bf16Lookup(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.codes, self.scales, self.zeros = codes, scales, zeros  # CPU only: plain attributes
+            self.rows = rows  # CPU only: a plain attribute, never a parameter
 
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            rows = self.codes[ids].to(torch.float32) - self.zeros[ids].unsqueeze(-1)
-            return rows * (self.scales[ids] * factor).unsqueeze(-1)
+            return self.rows[ids].to(torch.float32) * factor
 
-    model.set_input_embeddings(Int8Lookup())
-    model.lm_head = head
+    class RescoredHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head, self.rows = head, rows
+
+        def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+            logits: torch.Tensor = self.head(hidden)
+            top = logits.topk(min(RESCORED, logits.shape[-1]), dim=-1).indices
+            exact = torch.einsum("...h,...kh->...k", hidden, self.rows[top].to(torch.float32))
+            return logits.scatter(-1, top, exact)
+
+    model.set_input_embeddings(Bf16Lookup())
+    model.lm_head = RescoredHead()
     model.config.tie_word_embeddings = False  # nothing may re-tie the freed float32 table
 
 

@@ -19,6 +19,16 @@ from rag.errors import InvalidInputError
 from rag.protocols import Embedder, VectorStore
 from rag.types import StoredChunk
 
+# Questions of different lengths, for warm-up only: each new query length costs the first call more.
+WARM_UP_QUERIES = (
+    "What is it?",
+    "Who wrote it and when?",
+    "Which statement ends the loop early?",
+    "How many people lived in the city at the start of the century?",
+    "What did the committee decide about the proposal after the second vote in the spring?",
+    "Why does the evaluation of the expression stop as soon as the result of the whole condition is known?",
+)
+
 FILTER_FIELDS = ("license", "authors", "origin", "doc_id", "signer_name", "title")
 RRF_K = 60
 
@@ -170,6 +180,15 @@ class HybridRetriever:
             )
             for chunk in chosen
         ]
+
+    def warm_up(self) -> None:
+        """Run a few retrievals: loads the embedder and primes its kernels, the vector index, the BM25
+        index and SQLite's page cache, so that the first user query is not the slow one."""
+        self.embedder.warm_up()
+        if self.store.count() == 0:
+            return
+        for query in WARM_UP_QUERIES:
+            self.retrieve(query, top_k=4)
 
     def dense_similarity(self, query: str, texts: Sequence[str]) -> list[float]:
         vectors = self.embedder.embed([query, *texts])

@@ -70,3 +70,20 @@ def test_unknown_filter_field_is_refused() -> None:
     assert where_clause({"license": ["PSF-2.0", "MIT"], "origin": "human"}) == {
         "$and": [{"license": {"$in": ["PSF-2.0", "MIT"]}}, {"origin": "human"}]
     }
+
+
+def test_warm_up_runs_the_warm_up_queries_only_when_there_is_something_to_search(
+    indexed: tuple[HybridRetriever, InMemoryStore], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag.retrieval import WARM_UP_QUERIES
+
+    retriever, _ = indexed
+    asked: list[str] = []
+    original = retriever.retrieve
+    monkeypatch.setattr(retriever, "retrieve", lambda q, top_k=4: asked.append(q) or original(q, top_k))
+    retriever.warm_up()
+    assert asked == list(WARM_UP_QUERIES)
+    empty = HybridRetriever(InMemoryStore(), FakeEmbedder(), LexicalIndex(settings.data_dir / "none"))
+    monkeypatch.setattr(empty, "retrieve", lambda q, top_k=4: asked.append(q))
+    empty.warm_up()
+    assert len(asked) == len(WARM_UP_QUERIES)
