@@ -100,7 +100,7 @@ def test_int8_embeddings_keep_the_tiny_models_outputs() -> None:
     assert not any(p.shape == (512, 64) and p.dtype == torch.float32 for p in model.parameters())  # table freed
     assert torch.nn.functional.cosine_similarity(before_embed, after_embed, dim=-1).min() > 0.999
     assert torch.nn.functional.cosine_similarity(before, after, dim=-1).min() > 0.99
-    assert (before.argmax(-1) == after.argmax(-1)).float().mean() > 0.9
+    assert torch.equal(before.argmax(-1), after.argmax(-1))  # the rescored top tokens are exact
 
 
 def test_malloc_arena_cap_applies_on_glibc() -> None:
