@@ -49,10 +49,6 @@ def main() -> None:
     parser.add_argument("--no-loop-guard", action="store_true", help="Skip the watermark check (not the default).")
     args = parser.parse_args()
 
-    from rag.runtime import limit_malloc_arenas
-
-    limit_malloc_arenas()  # as the `rag` command does at start-up
-
     from ingest.pipeline import Ingestor
     from rag.settings import Settings
     from rag.squad import SquadData, passage_doc_id, write_signed_passages

@@ -40,7 +40,9 @@ def serve(
     import uvicorn
 
     from api.app import create_app
+    from rag.runtime import limit_malloc_arenas
 
+    limit_malloc_arenas()  # before any worker thread exists
     settings: Settings = ctx.obj
     Console(stderr=True).print(f"serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
@@ -213,9 +215,6 @@ _register()
 
 def main() -> None:
     """Console-script entry: domain errors become a readable line and a non-zero exit."""
-    from rag.runtime import limit_malloc_arenas
-
-    limit_malloc_arenas()
     try:
         code = app(standalone_mode=False)
     except RagError as exc:
