@@ -154,12 +154,12 @@ class LocalGenerator:
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
             try:
-                tied = self.settings.quantize == "int8-embeddings"
+                tied = self.settings.quantize == "compact-table"
                 self._model, self._tokenizer = load_model(self.spec.name, self.cache_root, in_memory=tied)
                 if self.settings.quantize == "int8-head":
                     self._model.lm_head = _int8_linear(self._model.lm_head)
                 elif tied:
-                    _int8_embeddings(self._model)
+                    _compact_token_table(self._model)
             except BackendUnavailableError:
                 raise
             except Exception as exc:
@@ -283,7 +283,7 @@ def _int8_linear(layer: Any) -> Any:
 RESCORED = 32  # output-layer candidates recomputed from the bfloat16 rows at each step
 
 
-def _int8_embeddings(model: Any) -> None:
+def _compact_token_table(model: Any) -> None:
     """Hold Gemma's tied token table as bfloat16 rows plus an int8 output layer; free the float32 one.
 
     The 262k x 640 table is 62% of the weights (670 MB in float32); this keeps 335 + 168 MB. The

@@ -86,7 +86,7 @@ def load_model(name: str, cache_root: Path, *, in_memory: bool = False) -> tuple
     """(model, tokenizer) in float32 on CPU, eval mode.
 
     The cached weights are memory-mapped unless `in_memory`: then they are read into process memory,
-    so that a weight replaced after loading (see `generation._int8_embeddings`) is really freed.
+    so that a weight replaced after loading (see `generation._compact_token_table`) is really freed.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

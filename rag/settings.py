@@ -43,9 +43,9 @@ class GeneratorSettings(BaseModel):
     api_key: str | None = None
     timeout_s: float = Field(60.0, gt=0)
     max_new_tokens: int = Field(48, ge=1, le=512)
-    quantize: Literal["int8-embeddings", "int8-head", "none"] = Field(
-        "int8-embeddings",
-        description="int8-embeddings: one int8 table for the tied embedding and output layer (-310 MB, README).",
+    quantize: Literal["compact-table", "int8-head", "none"] = Field(
+        "compact-table",
+        description="compact-table: bfloat16 token rows + int8 output layer, top 32 rescored (README).",
     )
     threads: int | None = None
 

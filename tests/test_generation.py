@@ -70,11 +70,11 @@ def test_remote_failure_is_a_generator_error() -> None:
         OpenAICompatibleGenerator(GeneratorSettings(backend="openai"))
 
 
-def test_int8_embeddings_keep_the_tiny_models_outputs() -> None:
+def test_compact_token_table_keeps_the_tiny_models_outputs() -> None:
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from rag.generation import _int8_embeddings
+    from rag.generation import _compact_token_table
 
     torch.manual_seed(0)
     config = Gemma3TextConfig(
@@ -92,7 +92,7 @@ def test_int8_embeddings_keep_the_tiny_models_outputs() -> None:
     with torch.inference_mode():
         before_embed = model.get_input_embeddings()(ids)
         before = model(ids).logits
-    _int8_embeddings(model)
+    _compact_token_table(model)
     with torch.inference_mode():
         after_embed = model.get_input_embeddings()(ids)
         after = model(ids).logits
