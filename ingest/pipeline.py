@@ -173,9 +173,10 @@ class Ingestor:
     def ingest(self, paths: Sequence[Path], progress: Callable[[int], None] | None = None) -> IngestReport:
         """Ingest documents and folders; `progress(n)` is called as documents are handled.
 
-        Verifying, checking and chunking run on a helper thread one batch ahead, while this thread
-        embeds and writes the previous batch (torch and Chroma release the GIL). Batches are written
-        in order, each before its ledger entries, so the crash-safety argument is unchanged.
+        With `ingest.prepare_ahead`, verifying, checking and chunking run on a helper thread one batch
+        ahead, while this thread embeds and writes the previous batch (torch and Chroma release the
+        GIL). Either way batches are written in order, each before its ledger entries, so the
+        crash-safety argument is the same.
         """
         documents = discover(paths)
         started = time.perf_counter()
@@ -185,7 +186,8 @@ class Ingestor:
             live = self.ledger.live()
             report.repaired_chunks = self._reconcile(live)
             rejects: list[dict[str, Any]] = []
-            for batch in in_background(self._prepare(documents, live, report, rejects, progress)):
+            batches = self._prepare(documents, live, report, rejects, progress)
+            for batch in in_background(batches) if self.settings.ingest.prepare_ahead else batches:
                 self._flush(batch)
             self.ledger.append_many(rejects)
             self._write_quarantine(report)

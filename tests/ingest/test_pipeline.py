@@ -177,8 +177,9 @@ def test_in_background_stops_the_producer_when_the_consumer_stops() -> None:
     assert not [t for t in threading.enumerate() if t.name == "ingest-prepare"]
 
 
-def test_content_check_failure_on_the_helper_thread_leaves_store_and_ledger_consistent(
-    settings: Settings, corpus: Path
+@pytest.mark.parametrize("ahead", [False, True], ids=["in-line", "helper-thread"])
+def test_content_check_failure_leaves_store_and_ledger_consistent(
+    settings: Settings, corpus: Path, ahead: bool
 ) -> None:
     class Exploding:
         calls = 0
@@ -191,6 +192,7 @@ def test_content_check_failure_on_the_helper_thread_leaves_store_and_ledger_cons
 
     store = InMemoryStore()
     settings.ingest.flush_chunks = 1
+    settings.ingest.prepare_ahead = ahead
     with pytest.raises(RuntimeError, match="detector crashed"):
         Ingestor(settings, store, FakeEmbedder(), checks=[Exploding()]).ingest([corpus])
     assert store.count() == live_chunks(settings)  # the first document was written whole, or not at all
