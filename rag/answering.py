@@ -192,9 +192,9 @@ class AnswerService:
             return
 
         passages = [hit.chunk.text for hit in hits]
-        evidence = passages
+        evidence = passages[: self.settings.reader_passages]
         if self.settings.evidence_sentences and answer_mode == "free":  # quote mode may quote whole passages
-            evidence = select_evidence(question, passages, self.settings.evidence_sentences)
+            evidence = select_evidence(question, evidence, self.settings.evidence_sentences)
         t0 = time.perf_counter()
         kept: list[SentenceSupport] = []
         checked: list[SentenceSupport] = []

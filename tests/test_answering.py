@@ -110,6 +110,21 @@ def test_supported_answer_is_cited_to_its_passage(lenient: Settings, store: InMe
     assert result.label["corpus_ledger_head"] == Ledger(lenient.ledger_path).head()
 
 
+def test_reader_gets_the_top_passages_and_the_checker_all_of_them(lenient: Settings, store: InMemoryStore) -> None:
+    lenient.answer.reader_passages, lenient.answer.evidence_sentences = 1, 0
+    generator = FakeGenerator(TRUE_SENTENCE)
+    result = make_service(lenient, store, generator).answer(QUESTION, top_k=3)
+    ((_, given, _),) = generator.calls
+    assert len(result.retrieved) == 3 and given is not None and len(given) == 1
+    assert given == result.passage_texts[:1]  # the best-ranked passage, whole
+    lenient.answer.reader_passages, lenient.answer.evidence_sentences = 2, 1
+    generator = FakeGenerator(TRUE_SENTENCE)
+    make_service(lenient, store, generator).answer(QUESTION, top_k=3)
+    ((_, given, _),) = generator.calls
+    assert given is not None and len(given) == 2 and sum(bool(text) for text in given) == 1  # one sentence in all
+    assert given[0].count(".") <= 1
+
+
 def test_unsupported_answer_abstains(lenient: Settings, store: InMemoryStore) -> None:
     result = make_service(lenient, store, FakeGenerator("Bananas grow on Mars in 1850.")).answer(QUESTION)
     assert result.abstained and result.reason == "unsupported_answer" and result.answer == ABSTAIN_MESSAGE
