@@ -14,8 +14,9 @@ def limit_malloc_arenas(count: int = 2) -> bool:
     glibc gives each thread that allocates its own heap arena (up to 8 per core). In the server the
     generation queue's worker and the streaming threads each grew one, and freed tensor memory stayed
     spread over them: two arenas measured ~140 MB less RSS. `rag serve` applies it. Ingest does not:
-    there it cost 7 s and 130 MB more (its helper thread and torch then share arenas). Does nothing
-    on other C libraries.
+    measured while ingest always prepared ahead on a helper thread (now `ingest.prepare_ahead`, off by
+    default), it cost 7 s and 130 MB more, the helper and torch then sharing arenas. Does nothing on
+    other C libraries.
     """
     name = ctypes.util.find_library("c")
     if not name:
