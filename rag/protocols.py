@@ -12,6 +12,11 @@ from rag.types import AnswerMode, Chunk, Generation, StoredChunk
 class Embedder(Protocol):
     dimension: int
 
+    @property
+    def model_id(self) -> str:
+        """Names the model and how it runs; recorded with the collection its vectors go into."""
+        ...
+
     def warm_up(self) -> None: ...
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...

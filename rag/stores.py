@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from rag.errors import BackendUnavailableError
+from rag.errors import BackendUnavailableError, ConflictError
 from rag.types import Chunk, StoredChunk
 
 # Chroma caps a single add; stay well under it.
@@ -25,8 +25,15 @@ class ChromaStore:
 
     @classmethod
     def open(
-        cls, *, path: Path | None = None, url: str | None = None, collection: str = "knowledge_base"
+        cls,
+        *,
+        path: Path | None = None,
+        url: str | None = None,
+        collection: str = "knowledge_base",
+        embedder: str | None = None,
     ) -> ChromaStore:
+        """Open (or create) the collection; `embedder` is recorded at creation and checked afterwards,
+        so vectors of two different embedders never meet in one collection."""
         try:
             import chromadb
             from chromadb.config import Settings as ChromaSettings
@@ -48,7 +55,17 @@ class ChromaStore:
             assert path is not None
             path.mkdir(parents=True, exist_ok=True)
             client = chromadb.PersistentClient(path=str(path), settings=chroma_settings)
-        return cls(client.get_or_create_collection(collection, metadata={"hnsw:space": "cosine"}))
+        metadata = {"hnsw:space": "cosine", **({"embedder": embedder} if embedder else {})}
+        opened = client.get_or_create_collection(collection, metadata=metadata)
+        recorded = (opened.metadata or {}).get("embedder")
+        if embedder and recorded and recorded != embedder:
+            raise ConflictError(
+                f"The collection {collection!r} holds vectors of {recorded}, but this run embeds with "
+                f"{embedder}; use the embedder it was built with (RAG_EMBEDDER__BACKEND, "
+                "RAG_EMBEDDER__QUANTIZE) or ingest into a new data dir.",
+                code="embedder_mismatch",
+            )
+        return cls(opened)
 
     def upsert(self, chunks: Sequence[Chunk], embeddings: Sequence[Sequence[float]]) -> None:
         for start in range(0, len(chunks), _WRITE_BATCH):

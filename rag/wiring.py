@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rag.embedders import SentenceTransformerEmbedder
+from rag.embedders import OpenVinoEmbedder, SentenceTransformerEmbedder
 from rag.protocols import Embedder, Generator
 from rag.retrieval import HybridRetriever, LexicalIndex
 from rag.settings import Settings
@@ -16,8 +16,16 @@ if TYPE_CHECKING:
     from rag.answering import AnswerService
 
 
-def build_embedder(settings: Settings) -> SentenceTransformerEmbedder:
+def build_embedder(settings: Settings) -> Embedder:
     cfg = settings.embedder
+    if cfg.backend == "openvino":
+        return OpenVinoEmbedder(
+            cfg.model_path,
+            cache_root=settings.model_cache_dir,
+            batch_size=cfg.batch_size,
+            quantize=cfg.quantize,
+            threads=cfg.threads,
+        )
     return SentenceTransformerEmbedder(
         cfg.model_path, batch_size=cfg.batch_size, quantize=cfg.quantize, threads=cfg.threads
     )
@@ -25,7 +33,10 @@ def build_embedder(settings: Settings) -> SentenceTransformerEmbedder:
 
 def build_store(settings: Settings, collection: str | None = None) -> ChromaStore:
     return ChromaStore.open(
-        path=settings.chroma_path, url=settings.store.url, collection=collection or settings.store.collection
+        path=settings.chroma_path,
+        url=settings.store.url,
+        collection=collection or settings.store.collection,
+        embedder=build_embedder(settings).model_id,  # cheap: nothing is loaded until warm_up()
     )
 
 

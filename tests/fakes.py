@@ -14,6 +14,7 @@ class FakeEmbedder:
     """Deterministic bag-of-words hashing vectors: similar texts get similar vectors."""
 
     dimension = 64
+    model_id = "fake-hashed-words"
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []

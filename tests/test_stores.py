@@ -30,3 +30,24 @@ def test_query_without_content_returns_ids_and_scores_only(tmp_path: Path) -> No
     assert [c.id for c in bare] == [c.id for c in full] == ["c0", "c1"]
     assert [round(c.score, 4) for c in bare] == [round(c.score, 4) for c in full] == [1.0, 0.6]
     assert full[0].text == "text 0" and bare[0].text == "" and bare[0].metadata == {}
+
+
+def test_a_collection_refuses_vectors_of_another_embedder(tmp_path: Path) -> None:
+    from rag.errors import ConflictError
+    from rag.settings import Settings
+    from rag.wiring import build_store
+
+    first = ChromaStore.open(path=tmp_path / "chroma", collection="kb1", embedder="minilm+openvino-int8")
+    first.upsert([Chunk("c0", "d", 0, "text", "", "", {"doc_id": "d"})], [[1.0, 0.0]])
+    assert ChromaStore.open(path=tmp_path / "chroma", collection="kb1", embedder="minilm+openvino-int8").count() == 1
+    with pytest.raises(ConflictError) as caught:
+        ChromaStore.open(path=tmp_path / "chroma", collection="kb1", embedder="minilm+int8")
+    assert caught.value.code == "embedder_mismatch" and caught.value.http_status == 409
+    assert "minilm+openvino-int8" in caught.value.message and "RAG_EMBEDDER__BACKEND" in caught.value.message
+
+    # Through the settings: the same data dir with the torch backend is refused, the default is not.
+    settings = Settings(data_dir=tmp_path / "data")
+    build_store(settings).upsert([Chunk("c0", "d", 0, "text", "", "", {"doc_id": "d"})], [[1.0, 0.0]])
+    with pytest.raises(ConflictError):
+        build_store(Settings(data_dir=tmp_path / "data", embedder={"backend": "torch"}))
+    assert build_store(Settings(data_dir=tmp_path / "data")).count() == 1
