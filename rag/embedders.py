@@ -130,9 +130,11 @@ class OpenVinoEmbedder:
         batch_size: int = 16,
         quantize: str = "int8",
         threads: int | None = None,
+        latency: bool = False,
     ) -> None:
         self.model_path = model_path
         self.cache_root = cache_root
+        self.latency = latency
         self.batch_size = batch_size
         self.quantize = quantize
         self.threads = threads
@@ -165,7 +167,14 @@ class OpenVinoEmbedder:
             tokenizer.enable_padding(
                 pad_id=tokenizer.token_to_id("[PAD]") or 0, pad_token="[PAD]", pad_to_multiple_of=PAD_MULTIPLE
             )
-            config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT"}
+            # Throughput: a stream per core, batches in flight on both (ingest, 8% faster than one stream
+            # of two threads). Latency (the server: queries and answer checks): one stream, and kernels
+            # kept for fewer shapes; in a serving process it held ~60 MB less.
+            config: dict[str, Any] = (
+                {"PERFORMANCE_HINT": "LATENCY", "CPU_RUNTIME_CACHE_CAPACITY": 64}
+                if self.latency
+                else {"PERFORMANCE_HINT": "THROUGHPUT"}
+            )
             if self.threads:
                 config["INFERENCE_NUM_THREADS"] = self.threads
             self._compiled = ov.Core().compile_model(str(xml), "CPU", config)

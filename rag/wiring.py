@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from rag.answering import AnswerService
 
 
-def build_embedder(settings: Settings) -> Embedder:
+def build_embedder(settings: Settings, *, serving: bool = False) -> Embedder:
+    """`serving`: tuned for short requests (queries, answer checks) rather than batches of passages."""
     cfg = settings.embedder
     if cfg.backend == "openvino":
         return OpenVinoEmbedder(
@@ -25,6 +26,7 @@ def build_embedder(settings: Settings) -> Embedder:
             batch_size=cfg.batch_size,
             quantize=cfg.quantize,
             threads=cfg.threads,
+            latency=serving,
         )
     return SentenceTransformerEmbedder(
         cfg.model_path, batch_size=cfg.batch_size, quantize=cfg.quantize, threads=cfg.threads
@@ -75,7 +77,7 @@ def build_retriever(settings: Settings, embedder: Embedder | None = None) -> Hyb
     store = build_store(settings)
     lexical = LexicalIndex(settings.lexical_path)
     lexical.follow(store, Ledger(settings.ledger_path).head())
-    return HybridRetriever(store, embedder or build_embedder(settings), lexical)
+    return HybridRetriever(store, embedder or build_embedder(settings, serving=True), lexical)
 
 
 def build_generator(settings: Settings, name: str | None = None) -> Generator:
@@ -100,7 +102,7 @@ def build_answer_service(
     from rag.answering import AnswerService
     from rag.grounding import GroundednessChecker
 
-    embedder = embedder or build_embedder(settings)
+    embedder = embedder or build_embedder(settings, serving=True)
     store = build_store(settings, collection)
     lexical = LexicalIndex(settings.lexical_path)
     ledger = Ledger(settings.ledger_path)
