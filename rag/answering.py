@@ -11,11 +11,12 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Generator as Generator_
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rag.errors import InvalidInputError
-from rag.grounding import GroundednessChecker, SentenceSupport, select_evidence, split_sentences
+from rag.grounding import GroundednessChecker, SentenceSupport, content_words, select_evidence, split_sentences
 from rag.protocols import Generator
 from rag.retrieval import Hit, HybridRetriever, where_clause
 from rag.settings import AnswerSettings, WatermarkSettings
@@ -24,6 +25,7 @@ from rag.types import AnswerMode
 log = logging.getLogger(__name__)
 
 ABSTAIN_MESSAGE = "I can't answer that from the verified knowledge base: none of its signed sources supports an answer."
+RETRY_PASSAGES = 2  # a reader that only restated the question tries once more on this many best passages
 EXCERPT_CHARS = 300
 
 
@@ -192,23 +194,26 @@ class AnswerService:
             return
 
         passages = [hit.chunk.text for hit in hits]
-        evidence = passages[: self.settings.reader_passages]
-        if self.settings.evidence_sentences and answer_mode == "free":  # quote mode may quote whole passages
-            evidence = select_evidence(question, evidence, self.settings.evidence_sentences)
         t0 = time.perf_counter()
         kept: list[SentenceSupport] = []
         checked: list[SentenceSupport] = []
-        buffer, raw = "", ""
+        raw = ""
         try:
-            for piece in self.generator.stream(question, evidence, mode=answer_mode):
-                buffer += piece
-                raw += piece
-                sentences = split_sentences(buffer)
-                if len(sentences) > 1:  # every sentence but the last is complete
-                    yield from self._release(sentences[:-1], passages, timings, checked, kept)
-                    buffer = sentences[-1]
-            if buffer.strip():
-                yield from self._release([buffer.strip()], passages, timings, checked, kept)
+            evidence = self._evidence(question, passages, answer_mode, self.settings.reader_passages)
+            raw = yield from self._generate(question, evidence, answer_mode, passages, timings, checked, kept)
+            if (
+                not kept
+                and answer_mode == "free"
+                and self.settings.reader_passages > RETRY_PASSAGES
+                and any(support.restates_question for support in checked)
+            ):
+                # The reader only restated the question: the evidence distracted it. Nothing has been
+                # released yet, so it may try once more, on the two best-ranked passages only.
+                timings["retries"] = 1.0
+                evidence = self._evidence(question, passages, answer_mode, RETRY_PASSAGES)
+                raw += "\n" + (
+                    yield from self._generate(question, evidence, answer_mode, passages, timings, checked, kept)
+                )
         except _CheckerFailedError:
             yield self._abstain(base, "grounding_check_failed", timings, started, retrieved, checked, raw)
             return
@@ -233,16 +238,51 @@ class AnswerService:
             **base,
         )
 
+    def _evidence(self, question: str, passages: list[str], mode: AnswerMode, count: int) -> list[str]:
+        evidence = passages[:count]
+        if self.settings.evidence_sentences and mode == "free":  # quote mode may quote whole passages
+            evidence = select_evidence(question, evidence, self.settings.evidence_sentences)
+        return evidence
+
+    def _generate(
+        self,
+        question: str,
+        evidence: list[str],
+        mode: AnswerMode,
+        passages: list[str],
+        timings: dict[str, float],
+        checked: list[SentenceSupport],
+        kept: list[SentenceSupport],
+    ) -> Generator_[Delta, None, str]:
+        """Stream the reader's answer, releasing each complete sentence once checked; returns the raw text."""
+        buffer, raw = "", ""
+        for piece in self.generator.stream(question, evidence, mode=mode):
+            buffer += piece
+            raw += piece
+            sentences = split_sentences(buffer)
+            if len(sentences) > 1:  # every sentence but the last is complete
+                yield from self._release(question, sentences[:-1], passages, timings, checked, kept)
+                buffer = sentences[-1]
+        if buffer.strip():
+            yield from self._release(question, [buffer.strip()], passages, timings, checked, kept)
+        return raw
+
     def _release(
         self,
+        question: str,
         sentences: list[str],
         passages: list[str],
         timings: dict[str, float],
         checked: list[SentenceSupport],
         kept: list[SentenceSupport],
     ) -> Iterator[Delta]:
-        """Check complete sentences; record every score and yield the supported ones, cited."""
+        """Check complete sentences; record every score and yield the supported ones, cited.
+
+        A sentence with no content word beyond the question's only restates it: never an answer."""
+        asked = set(content_words(question))
         for support in self._check(sentences, passages, timings):
+            if set(content_words(support.sentence)) <= asked:
+                support = replace(support, supported=False, restates_question=True)
             checked.append(support)
             if support.supported:
                 kept.append(support)

@@ -61,6 +61,7 @@ class SentenceSupport:
     similarity: float
     missing_terms: list[str] = field(default_factory=list)
     supported: bool = False
+    restates_question: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}

@@ -131,6 +131,54 @@ def test_unsupported_answer_abstains(lenient: Settings, store: InMemoryStore) ->
     assert result.citations == [] and result.support and not result.support[0].supported
 
 
+class ScriptedGenerator(FakeGenerator):
+    """A different scripted answer on each call."""
+
+    def __init__(self, *texts: str) -> None:
+        super().__init__(texts[0])
+        self.texts = list(texts)
+
+    def stream(
+        self,
+        question: str,
+        passages: Sequence[str] | None,
+        *,
+        mode: AnswerMode = "free",
+        max_new_tokens: int | None = None,
+    ) -> Iterator[str]:
+        self.text = self.texts[min(len(self.calls), len(self.texts) - 1)]
+        return super().stream(question, passages, mode=mode, max_new_tokens=max_new_tokens)
+
+
+ECHO = "The pass statement is executed."  # no content word the question does not already have
+
+
+def test_an_answer_that_only_restates_the_question_is_retried_on_the_two_best_passages(
+    lenient: Settings, store: InMemoryStore
+) -> None:
+    generator = ScriptedGenerator(ECHO, TRUE_SENTENCE)
+    result = make_service(lenient, store, generator).answer(QUESTION, top_k=4)
+    assert not result.abstained and result.answer.startswith("When it is executed, nothing happens [")
+    (_, first, _), (_, second, _) = generator.calls
+    assert first is not None and second is not None and len(first) == len(result.retrieved) > len(second) == 2
+    echo, answer = result.support
+    assert echo.restates_question and not echo.supported and answer.supported and not answer.restates_question
+    assert result.timings["retries"] == 1
+
+    # Restated twice: abstain. With the reader on two passages already, there is nothing narrower to try.
+    twice = ScriptedGenerator(ECHO, ECHO)
+    result = make_service(lenient, store, twice).answer(QUESTION, top_k=4)
+    assert result.abstained and result.reason == "unsupported_answer" and len(twice.calls) == 2
+    lenient.answer.reader_passages = 2
+    once = ScriptedGenerator(ECHO, TRUE_SENTENCE)
+    result = make_service(lenient, store, once).answer(QUESTION, top_k=4)
+    assert result.abstained and len(once.calls) == 1
+    # An unsupported answer that says something new is not retried either.
+    lenient.answer.reader_passages = 4
+    other = ScriptedGenerator("Bananas grow on Mars.", TRUE_SENTENCE)
+    assert make_service(lenient, store, other).answer(QUESTION, top_k=4).abstained and len(other.calls) == 1
+
+
 def test_relevance_gate_abstains_without_calling_the_generator(settings: Settings, store: InMemoryStore) -> None:
     settings.answer.relevance_threshold = 0.99
     generator = FakeGenerator(TRUE_SENTENCE)
