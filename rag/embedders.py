@@ -156,12 +156,9 @@ class OpenVinoEmbedder:
                 raise BackendUnavailableError(
                     "OpenVINO is missing: pip install openvino nncf (or set RAG_EMBEDDER__BACKEND=torch)."
                 ) from exc
-            from tokenizers import Tokenizer
-
             source = self.model_path or default_minilm_path()
             xml = openvino_model(source, self.cache_root / "embedder", int8=self.quantize == "int8")
-            tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
-            tokenizer.enable_truncation(max_seq_length(source))
+            tokenizer = truncating_tokenizer(source)
             # Lengths padded to a multiple of 32: OpenVINO keeps compiled kernels per input shape, and
             # with any length allowed they took 590 MB more for 2,048 passages (162 MB so), no faster.
             tokenizer.enable_padding(
@@ -225,6 +222,15 @@ class OpenVinoEmbedder:
 def max_seq_length(source: Path) -> int:
     config = source / "sentence_bert_config.json"
     return int(json.loads(config.read_text()).get("max_seq_length", 256)) if config.exists() else 256
+
+
+def truncating_tokenizer(source: Path) -> Any:
+    """The model's own fast tokenizer, cut at its sentence-transformers length (calibration and inference)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+    tokenizer.enable_truncation(max_seq_length(source))
+    return tokenizer
 
 
 def openvino_model(source: Path, folder: Path, *, int8: bool) -> Path:
@@ -315,10 +321,8 @@ def _quantize(model: Any, source: Path) -> Any:
     os.environ.setdefault("NNCF_CI", "1")  # NNCF's usage telemetry is opt-out; this is its off switch
     import nncf
     import numpy as np
-    from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
-    tokenizer.enable_truncation(max_seq_length(source))
+    tokenizer = truncating_tokenizer(source)
     samples = []
     for text in calibration_texts():
         encoding = tokenizer.encode(text.strip())
