@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,7 @@ from rag import embedders
 from rag.embedders import OpenVinoEmbedder, SentenceTransformerEmbedder, calibration_texts, openvino_model
 from rag.settings import Settings
 from rag.wiring import build_embedder
-from tests.conftest import pydoc_text
+from tests.conftest import REPO, pydoc_text
 
 pytestmark = pytest.mark.slow
 
@@ -115,6 +118,37 @@ def test_saved_model_is_reused_and_a_killed_build_leaves_no_model(
     assert len(list((tmp_path / "embedder").glob("minilm-fp32-*/model.xml"))) == 1
     reference = SentenceTransformerEmbedder(quantize="none").embed(TEXTS[:2])
     assert float(np.dot(vectors[0], reference[0])) > 0.9999
+
+
+CONCURRENT_FIRST_USE = textwrap.dedent(
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from pydoc_data.topics import topics
+    from rag.settings import Settings
+    from rag.wiring import build_embedder
+
+    texts = [str(topics[name])[:800] for name in sorted(topics)[:40]]
+    jobs = [texts[i : i + 1] if i % 2 else texts for i in range(8)]  # single-request and batched paths
+    for serving in (False, True):
+        embedder = build_embedder(Settings(), serving=serving)  # fresh bindings state: first use is concurrent
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(embedder.embed, jobs))
+        alone = [embedder.embed(job) for job in jobs]
+        worst = max(abs(a - b) for x, y in zip(together, alone) for u, v in zip(x, y) for a, b in zip(u, v))
+        assert worst < 1e-5, worst
+    print("ok")
+    """
+)
+
+
+def test_threads_embedding_at_once_neither_deadlock_nor_mix_up_rows(openvino: OpenVinoEmbedder) -> None:
+    # The embedder's infer requests are shared, so callers must take turns (without the lock: "Infer
+    # Request is busy"). Two threads first using OpenVINO's bindings at once once deadlocked (1 run in
+    # 5), so this runs in a fresh process, the bindings' first use, with a time limit instead of a hang.
+    run = subprocess.run(
+        [sys.executable, "-c", CONCURRENT_FIRST_USE], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
 
 def test_calibration_text_is_deterministic_and_mixed() -> None:
