@@ -14,6 +14,7 @@ import shutil
 import threading
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,22 @@ CALIBRATION_TEXTS = 96
 PAD_MULTIPLE = 32
 
 
+@dataclass
+class _Runtime:
+    """A compiled model with its infer requests (one per stream) and tokenizer. One per configuration
+    per process, shared by its embedders and never freed: compiled once, and the CPU plugin's stream
+    threads are never torn down mid-run (a teardown that can hang, as OpenVINO's tracker reports)."""
+
+    compiled: Any
+    requests: list[Any]
+    tokenizer: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_RUNTIMES: dict[tuple[object, ...], _Runtime] = {}
+_RUNTIMES_LOCK = threading.Lock()
+
+
 class OpenVinoEmbedder:
     """all-MiniLM-L6-v2 run by OpenVINO with int8 weights and activations (NNCF post-training quantisation).
 
@@ -138,107 +155,112 @@ class OpenVinoEmbedder:
         self.batch_size = batch_size
         self.quantize = quantize
         self.threads = threads
-        self._compiled: Any = None
-        self._tokenizer: Any = None
-        self._requests: list[Any] = []
-        self._lock = threading.Lock()
+        self._runtime: _Runtime | None = None
 
     @property
     def model_id(self) -> str:
         return "sentence-transformers/all-MiniLM-L6-v2+openvino" + ("-int8" if self.quantize == "int8" else "")
 
     def warm_up(self) -> None:
-        with self._lock:
-            if self._compiled is not None:
-                return
-            try:
-                import openvino as ov
-            except ImportError as exc:  # pragma: no cover - install problem
-                raise BackendUnavailableError(
-                    "OpenVINO is missing: pip install openvino nncf (or set RAG_EMBEDDER__BACKEND=torch)."
-                ) from exc
+        self._ready()
+
+    def _ready(self) -> _Runtime:
+        if self._runtime is None:
             source = self.model_path or default_minilm_path()
-            xml = openvino_model(source, self.cache_root / "embedder", int8=self.quantize == "int8")
-            tokenizer = truncating_tokenizer(source)
-            # Lengths padded to a multiple of 32: OpenVINO keeps compiled kernels per input shape, and
-            # with any length allowed they took 590 MB more for 2,048 passages (162 MB so), no faster.
-            tokenizer.enable_padding(
-                pad_id=tokenizer.token_to_id("[PAD]") or 0, pad_token="[PAD]", pad_to_multiple_of=PAD_MULTIPLE
-            )
-            # Throughput: a stream per core, a batch in flight on each (ingest). Latency (the server:
-            # queries and answer checks): one stream, and kernels kept for fewer shapes; in a serving
-            # process it held ~60 MB less.
-            config: dict[str, Any] = (
-                {"PERFORMANCE_HINT": "LATENCY", "CPU_RUNTIME_CACHE_CAPACITY": 64}
-                if self.latency
-                else {"PERFORMANCE_HINT": "THROUGHPUT"}
-            )
-            if self.threads:
-                config["INFERENCE_NUM_THREADS"] = self.threads
-            compiled = ov.Core().compile_model(str(xml), "CPU", config)
-            streams = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-            self._requests = [compiled.create_infer_request() for _ in range(max(1, streams))]
-            self._tokenizer = tokenizer
-            self._compiled = compiled
+            key = (str(source), str(self.cache_root), self.quantize, self.latency, self.threads)
+            with _RUNTIMES_LOCK:
+                if key not in _RUNTIMES:
+                    _RUNTIMES[key] = self._load(source)
+                self._runtime = _RUNTIMES[key]
+        return self._runtime
+
+    def _load(self, source: Path) -> _Runtime:
+        try:
+            import openvino as ov
+        except ImportError as exc:  # pragma: no cover - install problem
+            raise BackendUnavailableError(
+                "OpenVINO is missing: pip install openvino nncf (or set RAG_EMBEDDER__BACKEND=torch)."
+            ) from exc
+        xml = openvino_model(source, self.cache_root / "embedder", int8=self.quantize == "int8")
+        tokenizer = truncating_tokenizer(source)
+        # Lengths padded to a multiple of 32: OpenVINO keeps compiled kernels per input shape, and
+        # with any length allowed they took 590 MB more for 2,048 passages (162 MB so), no faster.
+        tokenizer.enable_padding(
+            pad_id=tokenizer.token_to_id("[PAD]") or 0, pad_token="[PAD]", pad_to_multiple_of=PAD_MULTIPLE
+        )
+        # Throughput: a stream per core, a batch in flight on each (ingest). Latency (the server:
+        # queries and answer checks): one stream, and kernels kept for fewer shapes; in a serving
+        # process it held ~60 MB less.
+        config: dict[str, Any] = (
+            {"PERFORMANCE_HINT": "LATENCY", "CPU_RUNTIME_CACHE_CAPACITY": 64}
+            if self.latency
+            else {"PERFORMANCE_HINT": "THROUGHPUT"}
+        )
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        compiled = ov.Core().compile_model(str(xml), "CPU", config)
+        streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        return _Runtime(compiled, [compiled.create_infer_request() for _ in range(streams)], tokenizer)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Any]:
         """Model inputs as sentence-transformers builds them (it strips each text first), padded further
         to a multiple of `PAD_MULTIPLE` (masked out, so the vectors are the same)."""
-        self.warm_up()
-        return self._encode(texts)
-
-    def _encode(self, texts: Sequence[str]) -> dict[str, Any]:
-        import numpy as np
-
-        encodings = self._tokenizer.encode_batch([text.strip() for text in texts])
-        return {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-        }
+        return _encode(self._ready().tokenizer, texts)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
-        self.warm_up()
+        runtime = self._ready()
         # One thread at a time in OpenVINO's Python bindings, and no Python callbacks from its threads:
         # two threads inferring at once deadlocked here (both waiting in a static initialiser of the
         # bindings), and OpenVINO's AsyncInferQueue hung a CI run. Inference itself releases the GIL.
-        with self._lock:
+        with runtime.lock:
             if len(texts) <= self.batch_size:
-                request = self._requests[0]
-                request.infer(self._encode(texts))
+                request = runtime.requests[0]
+                request.infer(_encode(runtime.tokenizer, texts))
                 vectors: list[list[float]] = request.get_output_tensor(0).data.tolist()
                 return vectors
-            return self._embed_batches(texts)
+            return self._embed_batches(runtime, texts)
 
-    def _embed_batches(self, texts: Sequence[str]) -> list[list[float]]:
+    def _embed_batches(self, runtime: _Runtime, texts: Sequence[str]) -> list[list[float]]:
         """Batches of similar length (little padding), one in flight per infer request (one per stream),
         started and collected from this thread; the next batch is tokenised while the others run."""
         import numpy as np
 
+        requests = runtime.requests
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        pending: list[list[int] | None] = [None] * len(self._requests)
+        pending: list[list[int] | None] = [None] * len(requests)
 
         def collect(slot: int) -> None:
             rows = pending[slot]
             if rows is not None:
                 pending[slot] = None
-                self._requests[slot].wait()
-                out[rows] = self._requests[slot].get_output_tensor(0).data
+                requests[slot].wait()
+                out[rows] = requests[slot].get_output_tensor(0).data
 
         try:
             for number, start in enumerate(range(0, len(order), self.batch_size)):
-                slot = number % len(self._requests)
+                slot = number % len(requests)
                 collect(slot)
                 rows = order[start : start + self.batch_size]
-                self._requests[slot].start_async(self._encode([texts[i] for i in rows]))
+                requests[slot].start_async(_encode(runtime.tokenizer, [texts[i] for i in rows]))
                 pending[slot] = rows
         finally:  # never leave a request running, even when tokenising or starting one failed
-            for slot in range(len(self._requests)):
+            for slot in range(len(requests)):
                 collect(slot)
         vectors = out.tolist()
         return vectors
+
+
+def _encode(tokenizer: Any, texts: Sequence[str]) -> dict[str, Any]:
+    import numpy as np
+
+    encodings = tokenizer.encode_batch([text.strip() for text in texts])
+    return {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+    }
 
 
 def max_seq_length(source: Path) -> int:
