@@ -14,7 +14,7 @@ import shutil
 import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ CALIBRATION_TEXTS = 96
 PAD_MULTIPLE = 32
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Runtime:
     """A compiled model with its infer requests (one per stream) and tokenizer. One per configuration
     per process, shared by its embedders and never freed: compiled once, and the CPU plugin's stream
@@ -119,11 +119,13 @@ class _Runtime:
     compiled: Any
     requests: list[Any]
     tokenizer: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _RUNTIMES: dict[tuple[object, ...], _Runtime] = {}
-_RUNTIMES_LOCK = threading.Lock()
+# One thread at a time in OpenVINO's Python bindings (loading, compiling, inferring), whichever
+# embedder: two threads inferring at once deadlocked here, both waiting in a static initialiser of the
+# bindings. Inference releases the GIL, so other Python threads run meanwhile.
+_OPENVINO_LOCK = threading.Lock()
 
 
 class OpenVinoEmbedder:
@@ -168,7 +170,7 @@ class OpenVinoEmbedder:
         if self._runtime is None:
             source = self.model_path or default_minilm_path()
             key = (str(source), str(self.cache_root), self.quantize, self.latency, self.threads)
-            with _RUNTIMES_LOCK:
+            with _OPENVINO_LOCK:
                 if key not in _RUNTIMES:
                     _RUNTIMES[key] = self._load(source)
                 self._runtime = _RUNTIMES[key]
@@ -211,10 +213,9 @@ class OpenVinoEmbedder:
         if not texts:
             return []
         runtime = self._ready()
-        # One thread at a time in OpenVINO's Python bindings, and no Python callbacks from its threads:
-        # two threads inferring at once deadlocked here (both waiting in a static initialiser of the
-        # bindings), and OpenVINO's AsyncInferQueue hung a CI run. Inference itself releases the GIL.
-        with runtime.lock:
+        # Callers take turns (see `_OPENVINO_LOCK`), and no Python runs on OpenVINO's threads (no
+        # completion callbacks): OpenVINO's AsyncInferQueue, which has them, hung a CI run.
+        with _OPENVINO_LOCK:
             if len(texts) <= self.batch_size:
                 request = runtime.requests[0]
                 request.infer(_encode(runtime.tokenizer, texts))

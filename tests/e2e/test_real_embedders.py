@@ -143,8 +143,8 @@ CONCURRENT_FIRST_USE = textwrap.dedent(
 
 def test_threads_embedding_at_once_neither_deadlock_nor_mix_up_rows(openvino: OpenVinoEmbedder) -> None:
     # The embedder's infer requests are shared, so callers must take turns (without the lock: "Infer
-    # Request is busy"). Two threads first using OpenVINO's bindings at once once deadlocked (1 run in
-    # 5), so this runs in a fresh process, the bindings' first use, with a time limit instead of a hang.
+    # Request is busy"). Two threads first using OpenVINO's bindings at the same time deadlocked in 1
+    # run of 5, so this runs in a fresh process (their first use) with a time limit instead of a hang.
     run = subprocess.run(
         [sys.executable, "-c", CONCURRENT_FIRST_USE], cwd=REPO, capture_output=True, text=True, timeout=300
     )
