@@ -216,16 +216,12 @@ class OpenVinoEmbedder:
         # Callers take turns (see `_OPENVINO_LOCK`), and no Python runs on OpenVINO's threads (no
         # completion callbacks): OpenVINO's AsyncInferQueue, which has them, hung a CI run.
         with _OPENVINO_LOCK:
-            if len(texts) <= self.batch_size:
-                request = runtime.requests[0]
-                request.infer(_encode(runtime.tokenizer, texts))
-                vectors: list[list[float]] = request.get_output_tensor(0).data.tolist()
-                return vectors
             return self._embed_batches(runtime, texts)
 
     def _embed_batches(self, runtime: _Runtime, texts: Sequence[str]) -> list[list[float]]:
         """Batches of similar length (little padding), one in flight per infer request (one per stream),
-        started and collected from this thread; the next batch is tokenised while the others run."""
+        started and collected from this thread; the next batch is tokenised while the others run. A
+        query is a batch of one text on the first request."""
         import numpy as np
 
         requests = runtime.requests

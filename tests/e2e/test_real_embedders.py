@@ -128,7 +128,7 @@ CONCURRENT_FIRST_USE = textwrap.dedent(
     from rag.wiring import build_embedder
 
     texts = [str(topics[name])[:800] for name in sorted(topics)[:40]]
-    jobs = [texts[i : i + 1] if i % 2 else texts for i in range(8)]  # single-request and batched paths
+    jobs = [texts[i : i + 1] if i % 2 else texts for i in range(8)]  # one batch, and several in flight
     for serving in (False, True):
         embedder = build_embedder(Settings(), serving=serving)  # fresh bindings state: first use is concurrent
         with ThreadPoolExecutor(4) as pool:

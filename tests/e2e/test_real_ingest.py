@@ -158,7 +158,7 @@ def test_hybrid_retrieval_over_the_real_default_corpus(settings: Settings, pydoc
 def test_query_path_embeds_exactly_like_the_batch_path(settings: Settings) -> None:
     embedder = build_embedder(settings)
     texts = ["What does the pass statement do?", "A longer sentence about loops, break and continue statements."]
-    one_by_one = [embedder.embed([t])[0] for t in texts]  # the single-batch fast path
+    one_by_one = [embedder.embed([t])[0] for t in texts]  # a batch each, as a query
     embedder.batch_size = 1
     batched = embedder.embed(texts)  # encode(): two batches of one
     for a, b in zip(one_by_one, batched, strict=True):
