@@ -102,9 +102,9 @@ def main() -> None:
     import httpx
     import psutil
 
-    from rag.evaluation import percentile
+    from rag.evaluation.run import percentile
     from rag.settings import Settings
-    from rag.squad import SquadData, write_signed_passages
+    from rag.evaluation.squad import SquadData, write_signed_passages
     from rag.wiring import build_embedder, build_ingestor, build_retriever, build_store
 
     data = SquadData.load(args.dataset)

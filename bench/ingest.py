@@ -55,7 +55,7 @@ def ingest_once(args: argparse.Namespace) -> dict[str, float | int | str]:
     """One timed first ingest and one re-ingest of the unchanged corpus, in this process."""
     from ingest.pipeline import Ingestor
     from rag.settings import Settings
-    from rag.squad import SquadData, passage_doc_id, write_signed_passages
+    from rag.evaluation.squad import SquadData, passage_doc_id, write_signed_passages
     from rag.watermark import WatermarkCheck
     from rag.wiring import build_embedder, build_store, content_checks
 

@@ -61,6 +61,9 @@ class Answer:
     answer_mode: AnswerMode
     grounded: bool
     raw: str = ""
+    # What the service knows about how sure it is: the reader's mean token log-probability, the lowest
+    # support score of a released sentence, and the best passage's cosine. Evaluation ranks by these.
+    confidence: dict[str, float | None] = field(default_factory=dict)
     retrieved: list[dict[str, Any]] = field(default_factory=list)
     passage_texts: list[str] = field(default_factory=list)  # numbered as in the prompt; not serialised
 
@@ -81,6 +84,7 @@ class Answer:
             "timings": self.timings,
             "answer_mode": self.answer_mode,
             "grounded": self.grounded,
+            "confidence": self.confidence,
             "retrieved": self.retrieved,
         }
 
@@ -175,8 +179,9 @@ class AnswerService:
             timings["total_ms"] = (time.perf_counter() - started) * 1000
             if generation.text:
                 yield Delta(generation.text)
+            confidence = {"reader_logprob": _maybe_round(getattr(self.generator, "last_logprob", None))}
             yield Answer(answer=generation.text, abstained=False, reason=None, citations=[], support=[],
-                         timings=_round(timings), raw=generation.text, **base)  # fmt: skip
+                         timings=_round(timings), raw=generation.text, confidence=confidence, **base)  # fmt: skip
             return
 
         self.refresh()
@@ -225,6 +230,11 @@ class AnswerService:
         cited = sorted({s.passage for s in kept if s.passage is not None})
         citations = [_citation(n, hits[n - 1]) for n in cited]
         timings["total_ms"] = (time.perf_counter() - started) * 1000
+        confidence = {
+            "reader_logprob": _maybe_round(getattr(self.generator, "last_logprob", None)),
+            "support": _maybe_round(min(s.score for s in kept)),
+            "retrieval": _maybe_round(best),
+        }
         yield Answer(
             answer=" ".join(_with_marker(s, first=True) for s in kept),
             abstained=False,
@@ -233,6 +243,7 @@ class AnswerService:
             support=checked,
             timings=_round(timings),
             raw=raw.strip(),
+            confidence=confidence,
             retrieved=retrieved,
             passage_texts=passages,
             **base,
@@ -376,6 +387,10 @@ def _hit_view(n: int, hit: Hit) -> dict[str, Any]:
         "dense_score": None if hit.dense_score is None else round(hit.dense_score, 4),
         "fused": round(hit.fused, 5),
     }
+
+
+def _maybe_round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
 
 
 def _round(timings: dict[str, float]) -> dict[str, float]:

@@ -98,18 +98,34 @@ app.add_typer(eval_app, name="eval")
 @eval_app.callback(invoke_without_command=True)
 def evaluate(
     ctx: typer.Context,
-    dataset: Annotated[Path | None, typer.Option("--dataset", help="SQuAD-format JSON file.")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Questions to sample (default: all).")] = None,
+    dataset: Annotated[
+        list[Path] | None, typer.Option("--dataset", help="SQuAD-format JSON file; repeat for several.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Questions to sample per dataset (all if unset).")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed.")] = 0,
     top_k: Annotated[int, typer.Option("--top-k", help="Passages retrieved per question.")] = 4,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("eval-out"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    counterfactual: Annotated[
+        int, typer.Option("--counterfactual", help="Questions whose gold passage is edited, then removed (0: none).")
+    ] = 20,
+    guardrail_only: Annotated[
+        bool, typer.Option("--guardrail", help="Only the guardrail benchmark (no reader; part of every run).")
+    ] = False,
     generator: Annotated[str | None, typer.Option("--generator", help="gemma3-270m or smollm2-135m.")] = None,
     peer_script: Annotated[
-        Path | None, typer.Option("--peer-script", help="Also run the LangChain peer on the same sample.")
+        Path | None, typer.Option("--peer-script", help="Also run the LangChain peer on the first dataset's sample.")
     ] = None,
 ) -> None:
-    """Run an evaluation: `rag eval --dataset PATH [--limit N] [--seed S] [--top-k K] [--out DIR] [--resume]`."""
+    """Measure the claim, grounded against ungrounded: what it releases is right, it follows the corpus, the
+    guardrail blocks what is false.
+
+    Examples: `rag eval --dataset squad.json --limit 200 --seed 0 --counterfactual 40`;
+    `rag eval --dataset a.json --dataset b.json --limit 50` (a stability table across both);
+    `rag eval --dataset squad.json --guardrail` (the checker alone, in seconds).
+    """
     if ctx.invoked_subcommand:
         return
     from rich.progress import (
@@ -120,25 +136,25 @@ def evaluate(
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
-    from rich.table import Table
 
     from rag.errors import InvalidInputError
-    from rag.eval_report import append_history, write_reports
-    from rag.evaluation import MODE_LABELS, MODES, check_limit, run
+    from rag.evaluation.report import append_history, write_reports
+    from rag.evaluation.run import check_datasets, check_limit, run
     from rag.models import model_spec
-    from rag.squad import SquadData
     from rag.wiring import build_answer_service, build_generator
 
     settings: Settings = ctx.obj
-    if dataset is None:
-        raise InvalidInputError("--dataset is required (a SQuAD-format JSON file).", code="dataset_missing")
     if not 1 <= top_k <= 20:
         raise InvalidInputError("--top-k must be between 1 and 20.", code="invalid_top_k")
+    if counterfactual < 0:
+        raise InvalidInputError("--counterfactual must be 0 or more.", code="invalid_counterfactual")
     if generator:
         model_spec(generator)
-    check_limit(limit, SquadData.load(dataset))  # every input check happens before any work
+    for _, data in check_datasets(dataset or []):  # every input check happens before any work
+        check_limit(limit, data)
     if peer_script is not None and not peer_script.exists():
         raise InvalidInputError(f"Peer script not found: {peer_script}.", code="peer_missing")
+    assert dataset
     console = Console(stderr=True)
 
     def factory(eval_settings: Settings) -> Any:
@@ -146,39 +162,65 @@ def evaluate(
         return build_answer_service(eval_settings, generator=chosen)
 
     with Progress(
-        TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-        TimeRemainingColumn(), console=console,
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(), console=console,
     ) as progress:  # fmt: skip
 
-        def track(items: Any, total: int) -> Any:
-            return progress.track(items, total=total, description="eval")
+        def track(items: Any, total: int, description: str) -> Any:
+            return progress.track(items, total=total, description=description)
 
-        console.print("signing and ingesting the dataset's passages (isolated store)…")
+        if not guardrail_only:
+            console.print("signing and ingesting each dataset's passages (isolated store)…")
         summary = run(factory, settings, dataset, out, limit=limit, seed=seed, top_k=top_k, resume=resume,
+                      counterfactual=0 if guardrail_only else counterfactual, answers=not guardrail_only,
                       progress=track)  # fmt: skip
-    if peer_script is not None:
+    if peer_script is not None and not guardrail_only:
         import json
         import subprocess
 
         console.print("running the peer on the same sample…")
         done = subprocess.run(
-            [sys.executable, str(peer_script), "--dataset", str(dataset), "--limit", str(summary["config"]["limit"]),
+            [sys.executable, str(peer_script), "--dataset", str(dataset[0]), "--limit", str(summary["questions"]),
              "--seed", str(seed), "--top-k", str(top_k)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         summary["peer"] = json.loads(done.stdout.strip().splitlines()[-1])
     write_reports(summary, out)
     append_history(settings.data_dir / "eval_history.jsonl", summary)
-    table = Table("metric", *(MODE_LABELS[m] for m in MODES), title=f"{summary['questions']} questions")
-    for key in ("em", "f1", "contains", "abstention_answerable", "abstention_withheld", "citation_precision",
-                "latency_p50_s"):  # fmt: skip
-        table.add_row(key, *("–" if summary["modes"][m][key] is None else f"{summary['modes'][m][key]:.3f}"
-                             for m in MODES))  # fmt: skip
-    Console().print(table)
-    Console().print(
-        f"retrieval recall@{top_k}: {summary['retrieval_recall_at_k']:.3f}; F1 gain of grounding "
-        f"{summary['f1_gain_grounded_vs_ungrounded']:+.3f}; reports in {out}/ (report.md, report.html)"
-    )
+    _print_eval(summary, out)
+
+
+def _print_eval(summary: dict[str, Any], out: Path) -> None:
+    from rich.table import Table
+
+    from rag.evaluation.report import CLAIM_METRICS
+    from rag.evaluation.summary import MODE_LABELS, MODES
+
+    def fmt(value: Any) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    console = Console()
+    for name, data in summary["datasets"].items():
+        if "modes" in data:
+            table = Table("figure", *(MODE_LABELS[m] for m in MODES),
+                          title=f"{name}: {data['questions']} questions ({data['withheld']} withheld)")  # fmt: skip
+            for key, label in [*CLAIM_METRICS, ("f1", "Token F1"), ("latency_p50_s", "Latency p50 (s)")]:
+                table.add_row(label, *(fmt(data["modes"][m].get(key)) for m in MODES))
+            for key in ("followed", "stale", "abstained_after_removal"):
+                if "knowledge_update" in data:
+                    table.add_row(f"knowledge update: {key}",
+                                  *(fmt(data["knowledge_update"].get(m, {}).get(key)) for m in MODES))  # fmt: skip
+            console.print(table)
+        guard = data.get("guardrail")
+        if guard:
+            table = Table("kind", "items", "blocked", "blocked by word coverage", title=f"{name}: guardrail")
+            for kind, rate in guard["detected"].items():
+                table.add_row(kind, str(guard["items"].get(kind, "")), fmt(rate),
+                              fmt(guard["baseline"]["detected"].get(kind)))  # fmt: skip
+            table.add_row("false alarms (supported)", "", fmt(guard["false_alarm"]),
+                          fmt(guard["baseline"]["false_alarm"]))  # fmt: skip
+            console.print(table)
+    console.print(f"reports in {out}/ (report.md, report.html, summary.json)")
 
 
 @eval_app.command("history")
@@ -186,19 +228,23 @@ def eval_history(ctx: typer.Context) -> None:
     """Print (and plot) the evaluation trend across corpus versions."""
     from rich.table import Table
 
-    from rag.eval_report import plot_history, read_history
+    from rag.evaluation.report import plot_history, read_history
 
     settings: Settings = ctx.obj
     entries = read_history(settings.data_dir / "eval_history.jsonl")
     if not entries:
         Console().print("no evaluation runs recorded yet")
         return
-    table = Table("time", "corpus head", "questions", "recall@k", "grounded F1", "quote F1", "ungrounded F1",
-                  "abstain withheld")  # fmt: skip
+
+    def fmt(value: Any) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    table = Table("time", "corpus head", "questions", "recall@k", "grounded precision", "answered withheld",
+                  "grounded F1", "quote F1", "ungrounded F1", "ungrounded precision")  # fmt: skip
     for e in entries:
-        table.add_row(e["time"], e["corpus_ledger_head"][:12], str(e["questions"]), f"{e['retrieval_recall_at_k']:.3f}",
-                      f"{e['grounded_f1']:.3f}", f"{e['quote_f1']:.3f}", f"{e['ungrounded_f1']:.3f}",
-                      f"{e['abstention_withheld']:.3f}")  # fmt: skip
+        table.add_row(e["time"], e["corpus_ledger_head"][:12], str(e["questions"]), fmt(e["retrieval_recall_at_k"]),
+                      fmt(e.get("grounded_precision")), fmt(e.get("grounded_hallucination")), fmt(e["grounded_f1"]),
+                      fmt(e["quote_f1"]), fmt(e["ungrounded_f1"]), fmt(e.get("ungrounded_precision")))  # fmt: skip
     Console().print(table)
     chart = plot_history(entries, settings.data_dir / "eval_history.png")
     Console().print(f"chart: {chart}")

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ingest.pipeline import ContentCheck, Ingestor
     from ingest.provenance import TrustStore
     from rag.answering import AnswerService
+    from rag.grounding import GroundednessChecker
 
 
 def build_embedder(settings: Settings, *, serving: bool = False) -> Embedder:
@@ -100,7 +101,6 @@ def build_answer_service(
     """Retriever, generator and checker sharing one embedder; BM25 follows the ledger between requests."""
     from ingest.ledger import Ledger
     from rag.answering import AnswerService
-    from rag.grounding import GroundednessChecker
 
     embedder = embedder or build_embedder(settings, serving=True)
     store = build_store(settings, collection)
@@ -115,8 +115,17 @@ def build_answer_service(
         settings.answer,
         HybridRetriever(store, embedder, lexical),
         generator or build_generator(settings),
-        GroundednessChecker(embedder, threshold=settings.answer.support_threshold),
+        build_checker(settings, embedder),
         watermark=settings.watermark,
         ledger_head=ledger.read_head,
         refresh=refresh,
+    )
+
+
+def build_checker(settings: Settings, embedder: Embedder | None = None) -> GroundednessChecker:
+    """The production groundedness check (the answer service's, and the guardrail benchmark's)."""
+    from rag.grounding import GroundednessChecker
+
+    return GroundednessChecker(
+        embedder or build_embedder(settings, serving=True), threshold=settings.answer.support_threshold
     )

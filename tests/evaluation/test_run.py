@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from rag.errors import InvalidInputError
-from rag.evaluation import check_limit, plan
-from rag.metrics import best_over_gold, contains_answer, exact_match, normalize_answer, token_f1
-from rag.squad import SquadData
+from rag.evaluation.run import check_limit, plan
+from rag.evaluation.metrics import best_over_gold, contains_answer, exact_match, normalize_answer, token_f1
+from rag.evaluation.squad import SquadData
 from tests.conftest import REPO
 
 # (topic, a sentence that starts the paragraph, question, answer span inside that paragraph)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rag.errors import InvalidInputError
@@ -26,6 +26,7 @@ class Question:
 class SquadData:
     passages: list[str]
     questions: list[Question]
+    articles: list[int] = field(default_factory=list)  # passage index -> index of its article (`data[]`)
 
     @staticmethod
     def load(path: Path) -> SquadData:
@@ -44,8 +45,9 @@ class SquadData:
             raise shape
         passages: list[str] = []
         questions: list[Question] = []
+        articles: list[int] = []
         try:
-            for article in data["data"]:
+            for number, article in enumerate(data["data"]):
                 for paragraph in article["paragraphs"]:
                     context = paragraph["context"]
                     if not isinstance(context, str):
@@ -56,11 +58,12 @@ class SquadData:
                             qid = str(qa.get("id", f"q{len(questions)}"))
                             questions.append(Question(qid, qa["question"], answers, len(passages)))
                     passages.append(context)
+                    articles.append(number)
         except (KeyError, TypeError) as exc:
             raise shape from exc
         if not questions:
             raise InvalidInputError(f"{path} has no answerable questions.", code="dataset_empty")
-        return SquadData(passages, questions)
+        return SquadData(passages, questions, articles)
 
 
 def passage_doc_id(index: int) -> str:

@@ -1,0 +1,1 @@
+"""Evaluation of the claim: grounded against ungrounded answers, knowledge updates, the guardrail itself."""
