@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from rag.errors import InvalidInputError
-from rag.evaluation.run import check_limit, plan
 from rag.evaluation.metrics import best_over_gold, contains_answer, exact_match, normalize_answer, token_f1
+from rag.evaluation.run import check_limit, plan
 from rag.evaluation.squad import SquadData
 from tests.conftest import REPO
 
@@ -151,30 +151,88 @@ def test_bad_eval_input_fails_before_any_work(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+def test_duplicate_dataset_names_are_refused_before_any_work(tmp_path: Path) -> None:
+    env = {"RAG_DATA_DIR": str(tmp_path / "data")}
+    (tmp_path / "x").mkdir()
+    first, second = write_fixture(tmp_path / "mini.json"), write_fixture(tmp_path / "x" / "mini.json")
+    done = rag("eval", "--dataset", str(first), "--dataset", str(second), "--out", str(tmp_path / "o"), env=env)
+    assert done.returncode == 2 and "duplicate_dataset" in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_end_to_end_eval_with_real_models(tmp_path: Path) -> None:
     fixture = write_fixture(tmp_path / "mini.json")
     out = tmp_path / "out"
     env = {"RAG_DATA_DIR": str(tmp_path / "data")}
-    done = rag("eval", "--dataset", str(fixture), "--limit", "10", "--seed", "0", "--out", str(out), env=env)
+    args = (
+        "eval",
+        "--dataset",
+        str(fixture),
+        "--limit",
+        "10",
+        "--seed",
+        "0",
+        "--counterfactual",
+        "2",
+        "--out",
+        str(out),
+    )
+    done = rag(*args, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("results.jsonl", "summary.json", "report.md", "report.html", "chart_quality.png", "chart_tail.png"):
+    outputs = ["summary.json", "report.md", "report.html", "chart_quality.png", "chart_tail.png"]
+    outputs += ["chart_risk_coverage.png", "mini/results.jsonl", "mini/counterfactual.jsonl", "mini/guardrail.jsonl"]
+    for name in outputs:
         assert (out / name).stat().st_size > 0, name
-    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "mini" / "results.jsonl").read_text().splitlines()]
     assert len(records) == 10 and {"grounded", "quote", "ungrounded"} <= set(records[0]["modes"])
+    # Every released answer carries the reader's confidence, grounded or not.
+    for r in records:
+        for mode in r["modes"].values():
+            assert mode["abstained"] or isinstance(mode["confidence"]["reader_logprob"], float), mode
     summary = json.loads((out / "summary.json").read_text())
     modes = summary["modes"]
+    assert summary["datasets"]["mini"]["modes"] == modes  # the first dataset's figures stay at the top level
     assert modes["grounded"]["f1"] > modes["ungrounded"]["f1"], modes
     assert summary["retrieval_recall_at_k"] >= 0.75 and summary["withheld"] >= 2
     assert modes["ungrounded"]["abstention_withheld"] == 0.0  # no retrieval, nothing to abstain on
+    assert modes["ungrounded"]["hallucination_withheld"] == 1.0
+    for mode in ("grounded", "quote", "ungrounded"):
+        assert set(modes[mode]) >= {
+            "precision",
+            "coverage",
+            "hallucination_withheld",
+            "aurc",
+            "accuracy_at_half_coverage",
+        }
+    # Knowledge updates: two edited questions, asked in every mode after the edit and after removal.
+    update = summary["knowledge_update"]
+    assert update["grounded"]["questions"] == 2 and update["ungrounded"]["followed"] in (0.0, None)
+    assert update["grounded"]["abstained_after_removal"] >= 0.5, update
+    guard = summary["guardrail"]
+    assert set(guard["detected"]) >= {"negation", "role_swap", "entity_swap", "other_passage"}
+    assert 0.0 <= guard["false_alarm"] <= 1.0 and guard["items"]["verbatim"] >= 5
+    report = (out / "report.md").read_text()
+    for heading in ("What it says is true", "Facts follow the corpus", "The guardrail itself"):
+        assert heading in report
     assert "data:image/png;base64," in (out / "report.html").read_text()
+    # The store was restored after the edits: the ledger still verifies and every passage is back.
+    store_env = {
+        "RAG_DATA_DIR": str(out / "mini" / "store" / "data"),
+        "RAG_TRUST_PATH": str(out / "mini" / "store" / "signed" / "trust.json"),
+    }
+    assert rag("ledger", "verify", env=store_env).returncode == 0
     # Resume: nothing left to do, the same results, and a second history entry.
-    again = rag(
-        "eval", "--dataset", str(fixture), "--limit", "10", "--seed", "0", "--out", str(out), "--resume", env=env
-    )
+    again = rag(*args, "--resume", env=env)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len((out / "results.jsonl").read_text().splitlines()) == 10
+    assert len((out / "mini" / "results.jsonl").read_text().splitlines()) == 10
+    assert json.loads((out / "summary.json").read_text())["knowledge_update"] == update
     history = rag("eval", "history", env=env)
     assert history.returncode == 0 and history.stdout.count(summary["corpus_ledger_head"][:12]) == 2
-    refused = rag("eval", "--dataset", str(fixture), "--limit", "10", "--out", str(out), env=env)
+    refused = rag(*args, env=env)
     assert refused.returncode == 2 and "out_exists" in refused.stderr
+    # The guardrail benchmark alone: no reader, no store.
+    alone = rag("eval", "--dataset", str(fixture), "--guardrail", "--out", str(tmp_path / "guard"), env=env)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert json.loads((tmp_path / "guard" / "summary.json").read_text())["guardrail"]["items"]["verbatim"] >= 5
+    assert not (tmp_path / "guard" / "mini" / "store").exists()
