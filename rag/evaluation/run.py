@@ -266,6 +266,7 @@ def _knowledge_update(
 ) -> dict[str, Any]:
     """Edit, ask, remove, ask, restore for `count` answerable questions (their gold passages are stored)."""
     from rag.evaluation.counterfactual import run_counterfactual, skipped_reasons, summarise_counterfactual
+    from rag.wiring import build_ingestor
 
     bar = progress(range(count), count, f"{name}: knowledge updates") if progress else None
     ticks = iter(bar) if bar is not None else None
@@ -277,6 +278,7 @@ def _knowledge_update(
     records = run_counterfactual(
         data, evaluation.answerable, count, eval_settings=eval_settings, signed_root=out / "store" / "signed",
         out=out, ask=lambda question: ask_every_mode(service, question, top_k), seed=seed, progress=tick,
+        ingestor=build_ingestor(eval_settings, service.retriever.embedder),  # one embedder, not two
     )  # fmt: skip
     if ticks is not None:
         for _ in ticks:  # let the bar finish when fewer questions could be edited
