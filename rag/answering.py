@@ -16,7 +16,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rag.errors import InvalidInputError
-from rag.grounding import GroundednessChecker, SentenceSupport, content_words, select_evidence, split_sentences
+from rag.grounding import (
+    GroundednessChecker,
+    SentenceSupport,
+    restates_question,
+    select_evidence,
+    split_sentences,
+)
 from rag.protocols import Generator
 from rag.retrieval import Hit, HybridRetriever, where_clause
 from rag.settings import AnswerSettings, WatermarkSettings
@@ -290,9 +296,8 @@ class AnswerService:
         """Check complete sentences; record every score and yield the supported ones, cited.
 
         A sentence with no content word beyond the question's only restates it: never an answer."""
-        asked = set(content_words(question))
         for support in self._check(sentences, passages, timings):
-            if set(content_words(support.sentence)) <= asked:
+            if restates_question(support.sentence, question):
                 support = replace(support, supported=False, restates_question=True)
             checked.append(support)
             if support.supported:

@@ -78,9 +78,7 @@ def mode_claims(
 
     `answerable[i]` is the mode's record for a question whose gold answers are `golds[i]`; a record has
     `text`, `abstained` and `confidence` (a dict of signals)."""
-    released = [
-        (record, gold) for record, gold in zip(answerable, golds, strict=True) if not record["abstained"]
-    ]
+    released = [(record, gold) for record, gold in zip(answerable, golds, strict=True) if not record["abstained"]]
     right = [correct(record["text"], gold) for record, gold in released]
     out: dict[str, Any] = {
         "released_answerable": len(released),
