@@ -91,6 +91,7 @@ def ask(
     )
 
 
+DEFAULT_COUNTERFACTUAL = 20
 eval_app = typer.Typer(help="Evaluate grounded vs ungrounded answers on SQuAD-format data.")
 app.add_typer(eval_app, name="eval")
 
@@ -105,12 +106,15 @@ def evaluate(
         int | None, typer.Option("--limit", help="Questions to sample per dataset (all if unset).")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed.")] = 0,
-    top_k: Annotated[int, typer.Option("--top-k", help="Passages retrieved per question.")] = 4,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="Passages retrieved per question (default: RAG_ANSWER__TOP_K).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("eval-out"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
     counterfactual: Annotated[
-        int, typer.Option("--counterfactual", help="Questions whose gold passage is edited, then removed (0: none).")
-    ] = 20,
+        int | None,
+        typer.Option("--counterfactual", help="Questions whose gold passage is edited, then removed (default 20)."),
+    ] = None,
     guardrail_only: Annotated[
         bool, typer.Option("--guardrail", help="Only the guardrail benchmark (no reader; part of every run).")
     ] = False,
@@ -139,22 +143,29 @@ def evaluate(
 
     from rag.errors import InvalidInputError
     from rag.evaluation.report import append_history, write_reports
-    from rag.evaluation.run import check_datasets, check_limit, run
+    from rag.evaluation.run import prepare, run
     from rag.models import model_spec
     from rag.wiring import build_answer_service, build_generator
 
     settings: Settings = ctx.obj
-    if not 1 <= top_k <= 20:
+    k = settings.answer.top_k if top_k is None else top_k
+    if not 1 <= k <= 20:
         raise InvalidInputError("--top-k must be between 1 and 20.", code="invalid_top_k")
-    if counterfactual < 0:
-        raise InvalidInputError("--counterfactual must be 0 or more.", code="invalid_counterfactual")
+    if counterfactual is not None and (counterfactual < 0 or guardrail_only):
+        raise InvalidInputError(
+            "--counterfactual takes 0 or more questions, and needs answers (not --guardrail).",
+            code="invalid_counterfactual",
+        )
     if generator:
         model_spec(generator)
-    for _, data in check_datasets(dataset or []):  # every input check happens before any work
-        check_limit(limit, data)
     if peer_script is not None and not peer_script.exists():
         raise InvalidInputError(f"Peer script not found: {peer_script}.", code="peer_missing")
-    assert dataset
+    # Every input check happens before any work or output.
+    prepared = prepare(
+        dataset or [], out, settings, limit=limit, seed=seed, top_k=k, resume=resume, answers=not guardrail_only,
+        counterfactual=0 if guardrail_only else (DEFAULT_COUNTERFACTUAL if counterfactual is None else counterfactual),
+        generator=generator,
+    )  # fmt: skip
     console = Console(stderr=True)
 
     def factory(eval_settings: Settings) -> Any:
@@ -171,17 +182,15 @@ def evaluate(
 
         if not guardrail_only:
             console.print("signing and ingesting each dataset's passages (isolated store)…")
-        summary = run(factory, settings, dataset, out, limit=limit, seed=seed, top_k=top_k, resume=resume,
-                      counterfactual=0 if guardrail_only else counterfactual, answers=not guardrail_only,
-                      progress=track)  # fmt: skip
+        summary = run(factory, settings, prepared, progress=track)
     if peer_script is not None and not guardrail_only:
         import json
         import subprocess
 
         console.print("running the peer on the same sample…")
         done = subprocess.run(
-            [sys.executable, str(peer_script), "--dataset", str(dataset[0]), "--limit", str(summary["questions"]),
-             "--seed", str(seed), "--top-k", str(top_k)],
+            [sys.executable, str(peer_script), "--dataset", prepared.config["datasets"][0], "--limit",
+             str(prepared.counts[0]), "--seed", str(seed), "--top-k", str(k)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         summary["peer"] = json.loads(done.stdout.strip().splitlines()[-1])

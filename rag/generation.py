@@ -241,7 +241,8 @@ class LocalGenerator:
             spans = _passage_token_spans(prompt, encoded["offset_mapping"][0].tolist(), passages)
             processors.append(QuoteLogitsProcessor(input_ids[0].tolist(), spans, stop_ids))
         out["logprobs"] = []
-        processors.append(_GreedyLogProb(out["logprobs"]))
+        chosen = _ChosenLogProb(out["logprobs"])
+        processors.append(chosen)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs: dict[str, Any] = {
             "input_ids": input_ids,
@@ -262,6 +263,8 @@ class LocalGenerator:
                 with torch.inference_mode():
                     result = self._model.generate(**kwargs)
                 out["new_tokens"] = int(result.shape[1] - input_ids.shape[1])
+                if out["new_tokens"]:
+                    chosen.finish(int(result[0, -1]))
             except Exception as exc:  # reported by the caller, after the streamer ends
                 log.exception("generation failed")
                 out["error"] = str(exc)
@@ -272,21 +275,29 @@ class LocalGenerator:
         return iter(streamer)
 
 
-class _GreedyLogProb:
-    """Records the log-probability of the token greedy decoding picks at each step.
+class _ChosenLogProb:
+    """Records the model's log-probability of each token it emitted (the reader's confidence).
 
-    Custom processors run after transformers' own (the watermark included) and greedy search takes
-    the arg-max of what comes out, so the row's maximum after log-softmax is the chosen token's
-    log-probability under the distribution actually decoded from. Its mean over the answer is the
-    reader's confidence, comparable between grounded and ungrounded answers.
+    transformers runs custom processors before its watermark, so the row seen here is the model's own
+    distribution (quote constraints applied, watermark bias not). The token decoding chose from the
+    final scores is only known at the next step (the last token of `input_ids`) or, for the last
+    step, from the returned sequence (`finish`). One row is kept at a time.
     """
 
     def __init__(self, sink: list[float]) -> None:
         self.sink = sink
+        self.previous: Any = None
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        self.sink.append(float(scores[0].float().log_softmax(-1).max()))
+        if self.previous is not None:
+            self.sink.append(float(self.previous[int(input_ids[0, -1])]))
+        self.previous = scores[0].float().log_softmax(-1)
         return scores
+
+    def finish(self, last_token: int) -> None:
+        if self.previous is not None:
+            self.sink.append(float(self.previous[last_token]))
+            self.previous = None
 
 
 def _int8_linear(layer: Any) -> Any:

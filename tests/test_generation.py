@@ -110,3 +110,22 @@ def test_malloc_arena_cap_applies_on_glibc() -> None:
 
     applied = limit_malloc_arenas()
     assert applied is (platform.libc_ver()[0] == "glibc")
+
+
+def test_confidence_is_the_models_log_probability_of_each_emitted_token() -> None:
+    import torch
+
+    from rag.generation import _ChosenLogProb
+
+    sink: list[float] = []
+    record = _ChosenLogProb(sink)
+    first, second = torch.tensor([[0.0, 2.0, 0.0]]), torch.tensor([[1.0, 1.0, 1.0]])
+    assert record(torch.tensor([[5, 6]]), first) is first  # scores pass through unchanged
+    # A later processor (the watermark) made decoding pick token 2, not the arg-max 1: the
+    # confidence is the model's own log-probability of token 2.
+    record(torch.tensor([[5, 6, 2]]), second)
+    record.finish(0)
+    expected = [first[0].log_softmax(-1)[2].item(), second[0].log_softmax(-1)[0].item()]
+    assert sink == pytest.approx(expected)
+    record.finish(1)  # nothing pending: nothing recorded twice
+    assert len(sink) == 2

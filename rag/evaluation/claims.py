@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rag.evaluation.metrics import best_over_gold, contains_answer, token_f1
+from rag.evaluation.metrics import best_over_gold, contains_answer, normalize_answer, token_f1
 
 CORRECT_F1 = 0.5
 # Which confidence orders the released answers: the reader's mean token log-probability exists in
@@ -28,10 +28,21 @@ SIGNALS = ("reader_logprob", "support", "retrieval")
 
 
 def correct(text: str, golds: Sequence[str]) -> bool:
-    """A released answer is right when it contains a gold answer or overlaps one with F1 ≥ 0.5."""
+    """A released answer is right when it contains a gold answer, or overlaps one with F1 ≥ 0.5 while
+    one's words are a subset of the other's (a shorter or fuller form of the same answer).
+
+    The subset rule keeps a changed number, date or name from counting: "15 million" against
+    "12 million" has F1 0.5 but says something else."""
     if not text.strip():
         return False
-    return bool(best_over_gold(contains_answer, text, golds)) or best_over_gold(token_f1, text, golds) >= CORRECT_F1
+    if best_over_gold(contains_answer, text, golds):
+        return True
+    predicted = set(normalize_answer(text).split())
+    for gold in golds:
+        expected = set(normalize_answer(gold).split())
+        if token_f1(text, gold) >= CORRECT_F1 and (predicted <= expected or expected <= predicted):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -56,11 +67,20 @@ def risk_coverage(items: Sequence[Released], answerable: int) -> list[tuple[floa
     return points
 
 
-def aurc(points: Sequence[tuple[float, float]]) -> float | None:
-    """Mean selective risk over the curve's points (None when nothing was released)."""
+def aurc(points: Sequence[tuple[float, float]], answerable: int | None = None) -> float | None:
+    """Area under the risk–coverage curve (None when nothing was released).
+
+    With `answerable`, the curve is taken over the whole coverage range: the questions the mode did
+    not answer are appended last as errors, so a mode cannot lower its AURC by answering less (one
+    right answer and nothing else is not a perfect score). Without it, the mean selective risk over
+    the released answers alone."""
     if not points:
         return None
-    return round(sum(1 - accuracy for _, accuracy in points) / len(points), 4)
+    risks = [1 - accuracy for _, accuracy in points]
+    if answerable is not None and answerable > len(points):
+        k, right = len(points), points[-1][1] * len(points)
+        risks += [1 - right / n for n in range(k + 1, answerable + 1)]
+    return round(sum(risks) / len(risks), 4)
 
 
 def accuracy_at_coverage(points: Sequence[tuple[float, float]], coverage: float) -> float | None:
@@ -99,8 +119,12 @@ def mode_claims(
             continue
         curves[signal] = risk_coverage(items, len(answerable))
     main = curves.get(CONFIDENCE_SIGNAL, [])
-    out["aurc"] = aurc(main)
+    ranked = any((record.get("confidence") or {}).get(CONFIDENCE_SIGNAL) is not None for record, _ in released)
+    if not ranked:  # no confidence to rank by (e.g. a remote generator): no curve, rather than record order
+        main, curves = [], {k: v for k, v in curves.items() if k != CONFIDENCE_SIGNAL}
+    out["aurc"] = aurc(main, len(answerable))
+    out["aurc_released"] = aurc(main)
     out["accuracy_at_half_coverage"] = accuracy_at_coverage(main, 0.5)
-    out["aurc_by_signal"] = {signal: aurc(points) for signal, points in curves.items()}
+    out["aurc_by_signal"] = {signal: aurc(points, len(answerable)) for signal, points in curves.items()}
     out["risk_coverage"] = [[round(c, 4), round(a, 4)] for c, a in main]
     return out

@@ -292,15 +292,21 @@ def _mode_record(
 
     text = released(after_edit)
     gone = released(after_removal)
+    stale = any(_contains(text, g) for g in golds)
+    cited = any(c.doc_id == doc_id for c in after_edit.citations)
+    # The substitute is another question's answer, so it also occurs in that question's passage:
+    # a grounded answer follows the edit only when it cites the edited document; an answer that
+    # still holds the old answer too has not followed it.
+    followed = _contains(text, substitute) and not stale and (cited or not after_edit.grounded)
     return {
         "answer_after_edit": text,
-        "abstained_after_edit": after_edit.abstained,
+        "abstained_after_edit": after_edit.abstained or not text,
         "reason_after_edit": after_edit.reason,
-        "followed": _contains(text, substitute),
-        "stale": any(_contains(text, g) for g in golds),
-        "cited_edited_doc": any(c.doc_id == doc_id for c in after_edit.citations),
+        "followed": followed,
+        "stale": stale,
+        "cited_edited_doc": cited,
         "answer_after_removal": gone,
-        "abstained_after_removal": after_removal is None or after_removal.abstained,
+        "abstained_after_removal": after_removal is None or after_removal.abstained or not gone,
         "reason_after_removal": after_removal.reason if after_removal else None,
         "followed_after_removal": _contains(gone, substitute),
         "cited_removed_doc": bool(after_removal and any(c.doc_id == doc_id for c in after_removal.citations)),
@@ -329,10 +335,11 @@ def _load_records(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def summarise_counterfactual(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per mode: `followed` and `stale` as shares of the edited questions the mode answered after the edit.
+    """Per mode: shares of the edited questions the mode answered after the edit.
 
-    `followed_of_all` is the share of all edited questions; `abstained_after_removal` too. A share
-    over no answered question is None.
+    `followed` and `stale` are over those answered questions, and so is `abstained_after_removal` (a
+    mode that never answers would otherwise score 1.0 on it); `followed_of_all` is over every edited
+    question. A share over no answered question is None.
     """
     edited = [r for r in records if r.get("status") == "edited"]
     modes: list[str] = []
@@ -348,7 +355,7 @@ def summarise_counterfactual(records: Iterable[dict[str, Any]]) -> dict[str, dic
             "followed": _share(sum(m["followed"] for m in answered), len(answered)),
             "stale": _share(sum(m["stale"] for m in answered), len(answered)),
             "followed_of_all": _share(sum(m["followed"] for m in rows), len(rows)),
-            "abstained_after_removal": _share(sum(m["abstained_after_removal"] for m in rows), len(rows)),
+            "abstained_after_removal": _share(sum(m["abstained_after_removal"] for m in answered), len(answered)),
         }
     return summary
 

@@ -426,8 +426,9 @@ def run_guardrail(
     return GuardrailResult(summarise(records), records)
 
 
-def _rate(hits: int, total: int) -> float:
-    return round(hits / total, 4) if total else 0.0
+def _rate(hits: int, total: int) -> float | None:
+    """A share, or None when there was nothing to count (a kind with no items is not a 0% kind)."""
+    return round(hits / total, 4) if total else None
 
 
 def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -134,7 +134,7 @@ def _answer_sections(name: str, data: dict[str, Any], out: Path, first: bool) ->
     span = Section(
         f"Span metrics and latency: {name}",
         f"SQuAD-style figures on answerable questions (abstentions score 0); retrieval recall@{data['top_k']} "
-        f"{_fmt(data['retrieval_recall_at_k'])}, F1 gain of grounding {data['f1_gain_grounded_vs_ungrounded']:+.3f}.",
+        f"{_fmt(data['retrieval_recall_at_k'])}, F1 gain of grounding {_fmt(data['f1_gain_grounded_vs_ungrounded'])}.",
         [header, *([label, *(_fmt(modes[m][k]) for m in MODES)] for k, label in SPAN_METRICS)],
         [
             (
@@ -253,8 +253,9 @@ def _stability_section(summary: dict[str, Any]) -> Section | None:
         )
     return Section(
         "Stability across datasets",
-        f"Each figure on every dataset and its drop from the first ({names[0]}): a claim that holds only on the "
-        "data it was tuned on shows here as a large drop.",
+        f"Each figure on every dataset and its drop from the first ({names[0]}), positive when worse (lower where "
+        "higher is better, higher where lower is better): a claim that holds only on the data it was tuned on "
+        "shows here as a large drop.",
         rows,
     )
 

@@ -10,12 +10,13 @@ grounded quote, ungrounded) and written to `results.jsonl` as soon as it is done
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from rag.evaluation.squad import Question, SquadData, passage_doc_id
 from rag.evaluation.summary import MODE_LABELS, MODES, stability, summarise
 from rag.settings import Settings
 
-__all__ = ["MODES", "MODE_LABELS", "EvalPlan", "check_datasets", "check_limit", "plan", "run"]
+__all__ = ["MODES", "MODE_LABELS", "EvalPlan", "Prepared", "check_datasets", "check_limit", "plan", "prepare", "run"]
 
 WITHHELD_SHARE = 0.2
 Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
@@ -36,6 +37,7 @@ class EvalPlan:
     answerable: list[Question]
     withheld: list[Question]
     withheld_passages: set[int]
+    excluded: list[Question] = field(default_factory=list)
 
     @property
     def questions(self) -> list[tuple[Question, bool]]:
@@ -43,30 +45,41 @@ class EvalPlan:
         return sorted(items, key=lambda item: item[0].id)
 
 
-def check_limit(limit: int | None, data: SquadData) -> int:
+def check_limit(limit: int | None, data: SquadData, name: str = "this dataset") -> int:
     total = len(data.questions)
     count = total if limit is None else limit
     if not 1 <= count <= total:
-        raise InvalidInputError(f"--limit must be between 1 and {total} for this dataset.", code="limit_out_of_range")
+        raise InvalidInputError(f"--limit must be between 1 and {total} for {name}.", code="limit_out_of_range")
     return count
 
 
 def plan(data: SquadData, limit: int, seed: int, withheld_share: float = WITHHELD_SHARE) -> EvalPlan:
-    """Seeded sample (same draw as the peer script: `Random(seed).sample`), then the negative subset."""
+    """Seeded sample (same draw as the peer script: `Random(seed).sample`), then the negative subset.
+
+    The negatives' gold passages, and every passage containing one of their answers, are withheld.
+    A sampled question whose gold passage was withheld that way is a negative too, if its own answer
+    is in no kept passage; if its answer is still in the store it is neither (`excluded`): answering
+    it right would otherwise count as a hallucination."""
     sample = random.Random(seed).sample(data.questions, limit)
     negatives = random.Random(seed + 1).sample(sample, round(limit * withheld_share))
+    normal = [f" {normalize_answer(text)} " for text in data.passages]
+
+    def holding(question: Question) -> set[int]:
+        answers = [f" {a} " for a in map(normalize_answer, question.answers) if a]
+        return {i for i, text in enumerate(normal) if any(a in text for a in answers)}
+
     withheld: set[int] = {q.passage for q in negatives}
-    answers = {normalize_answer(a) for q in negatives for a in q.answers if normalize_answer(a)}
-    for index, text in enumerate(data.passages):
-        normal = f" {normalize_answer(text)} "
-        if any(f" {a} " in normal for a in answers):
-            withheld.add(index)
-    # A sampled question whose gold passage was withheld is a negative too: its answer is not in the store.
-    return EvalPlan(
-        answerable=[q for q in sample if q.passage not in withheld],
-        withheld=[q for q in sample if q.passage in withheld],
-        withheld_passages=withheld,
-    )
+    for question in negatives:
+        withheld |= holding(question)
+    answerable, negative, excluded = [], [], []
+    for question in sample:
+        if question.passage not in withheld:
+            answerable.append(question)
+        elif holding(question) <= withheld:
+            negative.append(question)
+        else:
+            excluded.append(question)
+    return EvalPlan(answerable, negative, withheld, excluded)
 
 
 def build_store(data: SquadData, withheld: set[int], out: Path, settings: Settings) -> Settings:
@@ -108,13 +121,15 @@ def answer_record(question: Question, withheld: bool, answers: dict[str, Any]) -
         "modes": {},
     }
     for mode, result in answers.items():
-        text = result.text if not result.abstained else ""
+        text = result.text.strip() if not result.abstained else ""
         record["modes"][mode] = {
             "answer": result.answer,
             "text": text,
             "raw": result.raw,
-            "abstained": result.abstained,
-            "reason": result.reason,
+            # A blank answer says nothing: it is an abstention whatever the mode (the grounded path
+            # already turns one into an abstention; the ungrounded reader can return "").
+            "abstained": result.abstained or not text,
+            "reason": result.reason or (None if text else "empty_answer"),
             "em": best_over_gold(exact_match, text, question.answers),
             "f1": best_over_gold(token_f1, text, question.answers),
             "contains": best_over_gold(contains_answer, text, question.answers),
@@ -141,14 +156,27 @@ def check_datasets(datasets: list[Path]) -> list[tuple[str, SquadData]]:
             "Two --dataset files have the same name; results are kept per file name, so rename one.",
             code="duplicate_dataset",
         )
+    for path in datasets:
+        if path.exists() and not path.is_file():
+            raise InvalidInputError(f"{path} is not a file; give a SQuAD-format JSON file.", code="dataset_missing")
     return [(path.stem, SquadData.load(path)) for path in datasets]
 
 
-def run(
-    service_factory: Callable[[Settings], Any],
-    settings: Settings,
+@dataclass(frozen=True)
+class Prepared:
+    """A validated evaluation: its datasets, how many questions each, and the config that pins it."""
+
+    loaded: list[tuple[str, SquadData]]
+    counts: list[int]
+    config: dict[str, Any]
+    out: Path
+    resume: bool
+
+
+def prepare(
     datasets: list[Path],
     out: Path,
+    settings: Settings,
     *,
     limit: int | None,
     seed: int,
@@ -156,24 +184,34 @@ def run(
     resume: bool,
     counterfactual: int = 0,
     answers: bool = True,
-    guardrail: bool = True,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) an evaluation over one or more datasets; returns the summary.
+    generator: str | None = None,
+) -> Prepared:
+    """Every input check, before any work or output: datasets, limits, the output folder, --resume.
 
-    Each dataset has its own folder under `out` (store, results.jsonl, counterfactual.jsonl,
-    guardrail.jsonl). The summary holds every dataset's figures under `datasets.<name>`, the first
-    dataset's also at the top level, and a stability table across them. `answers=False` runs only the
-    guardrail benchmark (no reader, no store)."""
+    The config pins what the results depend on: each dataset's content (sha256), the sample, the
+    generator and every answering, watermark and embedder setting; `--resume` with anything else is
+    refused, so old answers are never summarised under new labels."""
     loaded = check_datasets(datasets)
-    counts = [check_limit(limit, data) for _, data in loaded]
+    counts = [check_limit(limit, data, name) for name, data in loaded]
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} is a file; give a folder.", code="out_not_a_folder")
+    pinned = {
+        "answer": settings.answer.model_dump(mode="json"),
+        "watermark": settings.watermark.model_dump(mode="json"),
+        "embedder": settings.embedder.model_dump(mode="json"),
+        "generator": settings.generator.model_dump(mode="json", exclude={"api_key"}),
+        "ingest": settings.ingest.model_dump(mode="json"),
+    }
     config = {
         "datasets": [str(p) for p in datasets],
+        "dataset_sha256": [hashlib.sha256(p.read_bytes()).hexdigest() for p in datasets],
         "limit": limit,
         "seed": seed,
         "top_k": top_k,
         "counterfactual": counterfactual,
         "answers": answers,
+        "generator": generator or settings.generator.model,
+        "settings_sha256": hashlib.sha256(json.dumps(pinned, sort_keys=True).encode()).hexdigest(),
     }
     config_path = out / "config.json"
     if config_path.exists() and not resume:
@@ -182,22 +220,42 @@ def run(
         )
     if resume and config_path.exists() and json.loads(config_path.read_text()) != config:
         raise InvalidInputError(
-            "--resume needs the same datasets, --limit, --seed, --top-k, --counterfactual and mode.",
+            "--resume needs the same datasets (same content), --limit, --seed, --top-k, --counterfactual, "
+            "generator and settings as the run it continues.",
             code="resume_mismatch",
         )
+    return Prepared(loaded, counts, config, out, resume)
+
+
+def run(
+    service_factory: Callable[[Settings], Any],
+    settings: Settings,
+    prepared: Prepared,
+    *,
+    guardrail: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a prepared evaluation over one or more datasets; returns the summary.
+
+    Each dataset has its own folder under `out` (store, results.jsonl, counterfactual.jsonl,
+    guardrail.jsonl). The summary holds every dataset's figures under `datasets.<name>`, the first
+    dataset's also at the top level, and a stability table across them. `answers=False` in the config
+    runs only the guardrail benchmark (no reader, no store)."""
+    config, out = prepared.config, prepared.out
     out.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(json.dumps(config, indent=2))
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     started = time.perf_counter()
     per_dataset: dict[str, dict[str, Any]] = {}
-    for (name, data), count in zip(loaded, counts, strict=True):
+    for (name, data), count in zip(prepared.loaded, prepared.counts, strict=True):
         per_dataset[name] = _run_dataset(
-            service_factory, settings, name, data, out / name, count=count, seed=seed, top_k=top_k,
-            counterfactual=counterfactual, answers=answers, guardrail=guardrail, progress=progress,
+            service_factory, settings, name, data, out / name, count=count, seed=config["seed"],
+            top_k=config["top_k"], counterfactual=config["counterfactual"], answers=config["answers"],
+            guardrail=guardrail, progress=progress,
         )  # fmt: skip
-    first = per_dataset[loaded[0][0]]
+    first = per_dataset[prepared.loaded[0][0]]
     summary: dict[str, Any] = {
         **first,
-        "config": {**config, "dataset": str(datasets[0])},
+        "config": {**config, "dataset": config["datasets"][0]},
         "datasets": per_dataset,
         "stability": stability(per_dataset),
         "wall_seconds_this_run": round(time.perf_counter() - started, 1),
@@ -236,15 +294,18 @@ def _run_dataset(
                 record = answer_record(question, withheld, ask_every_mode(service, question.question, top_k))
                 record["generator"] = service.generator.model_id
                 _append(handle, record)
-        records = _read_jsonl(results_path)
+        planned = {q.id for q, _ in evaluation.questions}
+        records = [r for r in _read_jsonl(results_path) if r["id"] in planned]
         summary.update(summarise(records, data, top_k))
+        summary["excluded"] = len(evaluation.excluded)
+        # The corpus the answers came from: the head before the knowledge-update edits move it.
+        summary["corpus_ledger_head"] = service.ledger_head()
         if counterfactual:
             summary["knowledge_update"] = _knowledge_update(
                 service, eval_settings, data, evaluation, out, counterfactual, seed, top_k, progress, name
             )
         summary.update(
             generator=service.generator.model_id,
-            corpus_ledger_head=service.ledger_head(),
             store_passages=len(data.passages) - len(evaluation.withheld_passages),
         )
     if guardrail:
@@ -307,7 +368,7 @@ def _guardrail(
     with (out / "guardrail.jsonl").open("w", encoding="utf-8") as handle:
         for record in result.records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    rates = list(result.summary["detected"].values())
+    rates = [rate for rate in result.summary["detected"].values() if rate is not None]
     return {**result.summary, "detected_mean": round(sum(rates) / len(rates), 4) if rates else None}
 
 

@@ -14,16 +14,19 @@ from rag.evaluation.squad import SquadData
 MODES = ("grounded", "quote", "ungrounded")
 MODE_LABELS = {"grounded": "grounded (free)", "quote": "grounded (quote)", "ungrounded": "ungrounded"}
 TAIL_BUCKETS = 4
-# Figures compared across datasets in the stability table: (path in a dataset's summary, label).
-STABILITY = [
-    *((("modes", m, "precision"), f"precision, {MODE_LABELS[m]}") for m in MODES),
-    *((("modes", m, "coverage"), f"coverage, {MODE_LABELS[m]}") for m in MODES),
-    *((("modes", m, "hallucination_withheld"), f"answered withheld, {MODE_LABELS[m]}") for m in MODES),
-    *((("modes", m, "f1"), f"F1, {MODE_LABELS[m]}") for m in MODES),
-    (("retrieval_recall_at_k",), "retrieval recall@k"),
-    (("knowledge_update", "grounded", "followed"), "followed after edit, grounded (free)"),
-    (("guardrail", "detected_mean"), "guardrail detection (mean over kinds)"),
-    (("guardrail", "false_alarm"), "guardrail false alarms"),
+# Figures compared across datasets in the stability table: (path in a dataset's summary, label, higher
+# is better). A drop is a change for the worse: first minus this one, or this minus first for figures
+# where lower is better.
+STABILITY: list[tuple[tuple[str, ...], str, bool]] = [
+    *((("modes", m, "precision"), f"precision, {MODE_LABELS[m]}", True) for m in MODES),
+    *((("modes", m, "coverage"), f"coverage, {MODE_LABELS[m]}", True) for m in MODES),
+    *((("modes", m, "hallucination_withheld"), f"answered withheld, {MODE_LABELS[m]}", False) for m in MODES),
+    *((("modes", m, "aurc"), f"AURC, {MODE_LABELS[m]}", False) for m in MODES),
+    *((("modes", m, "f1"), f"F1, {MODE_LABELS[m]}", True) for m in MODES),
+    (("retrieval_recall_at_k",), "retrieval recall@k", True),
+    (("knowledge_update", "grounded", "followed"), "followed after edit, grounded (free)", True),
+    (("guardrail", "detected_mean"), "guardrail detection (mean over kinds)", True),
+    (("guardrail", "false_alarm"), "guardrail false alarms", False),
 ]
 
 
@@ -34,9 +37,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def _mean(values: Iterable[float]) -> float:
+def _mean(values: Iterable[float]) -> float | None:
+    """Mean of a non-empty set; None for an empty one (no questions is not a score of 0)."""
     items = list(values)
-    return round(sum(items) / len(items), 4) if items else 0.0
+    return round(sum(items) / len(items), 4) if items else None
 
 
 def answer_rarity(records: list[dict[str, Any]], data: SquadData) -> dict[str, float]:
@@ -66,7 +70,6 @@ def summarise(records: list[dict[str, Any]], data: SquadData, top_k: int) -> dic
             "contains": _mean(m["contains"] for m in rows),
             "abstention_answerable": _mean(float(m["abstained"]) for m in rows),
             "abstention_withheld": _mean(float(m["abstained"]) for m in negatives),
-            "hallucination_withheld": _mean(float(not m["abstained"]) for m in negatives),
             "groundedness_pass": _mean(float(not m["abstained"]) for m in generated) if mode != "ungrounded" else None,
             "citation_precision": _mean(float(f) for f in cited) if mode != "ungrounded" else None,
             "latency_p50_s": round(percentile([m["seconds"] for m in rows + negatives], 0.5), 3),
@@ -98,7 +101,9 @@ def summarise(records: list[dict[str, Any]], data: SquadData, top_k: int) -> dic
         f"retrieval_recall_at_{top_k}": recall,
         "retrieval_recall_at_k": recall,
         "modes": modes,
-        "f1_gain_grounded_vs_ungrounded": round(modes["grounded"]["f1"] - modes["ungrounded"]["f1"], 4),
+        "f1_gain_grounded_vs_ungrounded": (
+            round(modes["grounded"]["f1"] - modes["ungrounded"]["f1"], 4) if answerable else None
+        ),
         "tail": buckets,
     }
 
@@ -113,17 +118,19 @@ def _at(summary: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 
 def stability(per_dataset: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each figure on each dataset and its drop from the first dataset (first minus this one)."""
+    """Each figure on each dataset and its drop from the first (positive = worse than on the first)."""
     names = list(per_dataset)
     rows = []
-    for path, label in STABILITY:
+    for path, label, higher_is_better in STABILITY:
         values = {name: _at(per_dataset[name], path) for name in names}
         if all(v is None for v in values.values()):
             continue
         first = values[names[0]]
-        drops = {
-            name: (round(first - v, 4) if isinstance(first, int | float) and isinstance(v, int | float) else None)
-            for name, v in values.items()
-        }
-        rows.append({"figure": label, "values": values, "drop_from_first": drops})
+        drops: dict[str, float | None] = {}
+        for name, value in values.items():
+            if isinstance(first, int | float) and isinstance(value, int | float):
+                drops[name] = round((first - value) if higher_is_better else (value - first), 4)
+            else:
+                drops[name] = None
+        rows.append({"figure": label, "higher_is_better": higher_is_better, "values": values, "drop_from_first": drops})
     return rows

@@ -24,7 +24,12 @@ def record(text: str, abstained: bool = False, logprob: float | None = None) -> 
         ("Broncos", ["Denver Broncos"], True),  # F1 2/3 >= 0.5
         ("Denver", ["Denver Broncos Football Club"], False),  # F1 1/3
         ("Clarita", ["Santa Clara"], False),  # a longer word is not the answer
-        ("Santa Clarita", ["Santa Clara"], True),  # F1 exactly 0.5: the threshold counts it
+        ("Santa Clarita", ["Santa Clara"], False),  # F1 0.5, but another place
+        ("15 million", ["12 million"], False),  # a changed number is wrong, whatever F1 says
+        ("March 1995", ["March 1990"], False),
+        ("John Smith", ["John Adams"], False),
+        ("the 18th century", ["the 19th century"], False),
+        ("Broncos of Denver", ["Denver Broncos"], True),  # the gold's words, reordered and more
         ("", ["anything"], False),
         ("1066", ["in 1066", "1066 AD"], True),  # any gold: F1 with "in 1066" is 2/3
     ],
@@ -91,10 +96,27 @@ def test_stability_reports_each_figure_and_its_drop() -> None:
     rows = {row["figure"]: row for row in stability(per)}
     precision = rows["precision, grounded (free)"]
     assert precision["values"] == {"squad": 0.8, "news": 0.6}
-    assert precision["drop_from_first"]["news"] == pytest.approx(0.2)
+    assert precision["drop_from_first"]["news"] == pytest.approx(0.2)  # lower precision: a drop
     assert rows["F1, grounded (free)"]["drop_from_first"]["news"] is None
-    assert rows["guardrail false alarms"]["drop_from_first"]["news"] == pytest.approx(-0.05)
+    assert rows["guardrail false alarms"]["drop_from_first"]["news"] == pytest.approx(0.05)  # more alarms: a drop
     assert "precision, ungrounded" not in rows  # absent everywhere: not a row
+
+
+def test_aurc_over_the_whole_range_does_not_reward_answering_less() -> None:
+    ideal = [Released(True, -0.1 * i) for i in range(7)] + [Released(False, -1 - i) for i in range(3)]
+    answers_all = aurc(risk_coverage(ideal, 10), 10)
+    top_three = aurc(risk_coverage(ideal[:3], 10), 10)
+    one_right = aurc(risk_coverage(ideal[:1], 10), 10)
+    assert answers_all is not None and top_three is not None and one_right is not None
+    assert answers_all < top_three < one_right  # the unanswered count as errors, ranked last
+    assert aurc(risk_coverage(ideal[:1], 10)) == 0.0  # over the released alone it would be perfect
+
+
+def test_no_confidence_gives_no_curve_rather_than_record_order() -> None:
+    answerable = [record("Paris"), record("Lyon")]  # reader_logprob None, as from a remote generator
+    figures = mode_claims(answerable, [], [["Paris"], ["Nice"]])
+    assert figures["precision"] == 0.5
+    assert figures["aurc"] is None and figures["accuracy_at_half_coverage"] is None and not figures["risk_coverage"]
 
 
 def test_guardrail_only_report_renders_without_answers(tmp_path: Path) -> None:

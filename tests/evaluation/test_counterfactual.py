@@ -181,7 +181,7 @@ def test_summary_shares_are_over_the_questions_each_mode_answered() -> None:
         "followed": 0.6667,
         "stale": 0.3333,
         "followed_of_all": 0.5,
-        "abstained_after_removal": 0.75,
+        "abstained_after_removal": 1.0,  # over the 3 it answered: the 4th never answered, so it says nothing
     }
     assert summary["ungrounded"] == {
         "questions": 4,
@@ -197,7 +197,8 @@ def test_summary_shares_are_over_the_questions_each_mode_answered() -> None:
 def test_summary_of_a_mode_that_answered_nothing() -> None:
     summary = summarise_counterfactual([{"status": "edited", "modes": {"quote": mode_row(abstained=True)}}])
     assert summary["quote"]["followed"] is None and summary["quote"]["stale"] is None
-    assert summary["quote"]["followed_of_all"] == 0.0 and summary["quote"]["abstained_after_removal"] == 1.0
+    assert summary["quote"]["followed_of_all"] == 0.0
+    assert summary["quote"]["abstained_after_removal"] is None  # a mode that never answers is not credited
     assert summarise_counterfactual([]) == {}
 
 
@@ -245,6 +246,7 @@ def released(text: str, question: str, *, abstained: bool = False) -> Answer:
     return Answer(
         question=question,
         answer=text,
+        raw=text,
         abstained=abstained,
         reason="no_relevant_passage" if abstained else None,
         citations=[],
@@ -333,7 +335,7 @@ def test_edit_remove_restore_with_fakes_and_a_crash_that_the_next_run_repairs(
     for record in edits:
         grounded, ungrounded = record["modes"]["grounded"], record["modes"]["ungrounded"]
         assert record["kind"] == answer_kind(record["gold_answers"][0]) and record["substitute"]
-        assert grounded["followed"] and not grounded["stale"] and grounded["abstained_after_removal"]
+        assert grounded["followed"] and not grounded["stale"] and grounded["abstained_after_removal"], grounded
         assert not ungrounded["followed"] and ungrounded["stale"] and not ungrounded["abstained_after_removal"]
     assert {d["doc_id"]: d["sha256"] for d in ingestor.documents()} == originals
     assert Ledger(settings.ledger_path).verify().ok
