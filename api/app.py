@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.schemas import AnswerRequest, ChatCompletionRequest
 from rag.answering import Answer, AnswerService, Delta
-from rag.errors import NotFoundError, RagError
+from rag.errors import InvalidInputError, NotFoundError, RagError
 from rag.queueing import GenerationQueue, ServiceBusyError
 from rag.settings import Settings
 
@@ -105,26 +105,30 @@ def create_app(settings: Settings | None = None, service: AnswerService | None =
 
     @app.post("/v1/answer")
     async def answer(body: AnswerRequest) -> dict[str, Any]:
+        """A checked, cited answer; `support` holds the released sentences, `rejected` only counts the others."""
         current = state()
+        grounded = _grounded(body, settings)
         current.service.validate(body.question, body.top_k, body.filters, body.answer_mode)
         result = await _run(
             current,
             lambda: current.service.answer(
-                body.question, top_k=body.top_k, filters=body.filters, grounded=body.grounded, mode=body.answer_mode
+                body.question, top_k=body.top_k, filters=body.filters, grounded=grounded, mode=body.answer_mode
             ),
         )
         return result.as_dict()
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
+        """OpenAI-compatible; streamed text is released sentence by sentence, each only after it passed the check."""
         current = state()
+        grounded = _grounded(body, settings)
         question = conversation_query([(m.role, m.content or "") for m in body.messages])
         current.service.validate(question, body.top_k, body.filters, body.answer_mode)
         model = current.service.generator.model_id
         kwargs: dict[str, Any] = {
             "top_k": body.top_k,
             "filters": body.filters,
-            "grounded": body.grounded,
+            "grounded": grounded,
             "mode": body.answer_mode,
         }
         if not body.stream:
@@ -185,13 +189,26 @@ def _documents(settings: Settings) -> list[dict[str, Any]]:
     return Ingestor(settings, None, None).documents()
 
 
+def _grounded(body: AnswerRequest | ChatCompletionRequest, settings: Settings) -> bool:
+    """Grounding is the server's setting: a request may ask for none only where the operator allowed it."""
+    if "grounded" not in body.model_fields_set:
+        return True
+    if not settings.answer.allow_ungrounded:
+        raise InvalidInputError(
+            "Grounding cannot be switched off over HTTP: every answer is checked, so send no `grounded` field.",
+            code="grounding_required",
+        )
+    return body.grounded is not False
+
+
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
 def _extras(result: Answer) -> dict[str, Any]:
     data = result.as_dict()
-    return {k: data[k] for k in ("abstained", "reason", "citations", "support", "label", "timings", "answer_mode")}
+    keys = ("abstained", "reason", "citations", "support", "rejected", "label", "timings", "answer_mode")
+    return {k: data[k] for k in keys}
 
 
 def _completion(result: Answer, model: str) -> dict[str, Any]:

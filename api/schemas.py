@@ -7,6 +7,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 FilterValue = str | list[str]
+GROUNDED = (
+    "Refused (422 `grounding_required`): every answer is checked against the signed sources. Only a server "
+    "started with RAG_ANSWER__ALLOW_UNGROUNDED=true accepts `false`, and labels such answers as unchecked."
+)
 
 
 class AnswerRequest(BaseModel):
@@ -17,7 +21,7 @@ class AnswerRequest(BaseModel):
     filters: dict[str, FilterValue] | None = Field(
         None, description="Metadata filters: license, authors, origin, doc_id, signer_name, title."
     )
-    grounded: bool = Field(True, description="False answers without retrieval (evaluation only; labelled).")
+    grounded: bool | None = Field(None, description=GROUNDED)
     answer_mode: Literal["free", "quote"] | None = Field(None, description="quote = constrained to passage text.")
 
 
@@ -39,4 +43,4 @@ class ChatCompletionRequest(BaseModel):
     top_k: int | None = None
     filters: dict[str, FilterValue] | None = None
     answer_mode: Literal["free", "quote"] | None = None
-    grounded: bool = True
+    grounded: bool | None = Field(None, description=GROUNDED)

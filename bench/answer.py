@@ -103,8 +103,8 @@ def main() -> None:
     import psutil
 
     from rag.evaluation.run import percentile
-    from rag.settings import Settings
     from rag.evaluation.squad import SquadData, write_signed_passages
+    from rag.settings import Settings
     from rag.wiring import build_embedder, build_ingestor, build_retriever, build_store
 
     data = SquadData.load(args.dataset)

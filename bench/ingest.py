@@ -54,8 +54,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, float]:
 def ingest_once(args: argparse.Namespace) -> dict[str, float | int | str]:
     """One timed first ingest and one re-ingest of the unchanged corpus, in this process."""
     from ingest.pipeline import Ingestor
-    from rag.settings import Settings
     from rag.evaluation.squad import SquadData, passage_doc_id, write_signed_passages
+    from rag.settings import Settings
     from rag.watermark import WatermarkCheck
     from rag.wiring import build_embedder, build_store, content_checks
 

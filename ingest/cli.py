@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -39,11 +41,40 @@ def keys_new(
 
     Example: rag keys new alice --out ~/.rag-keys --trust knowledge_base/trust.json
     """
+    if expires is not None:
+        try:
+            provenance.parse_time(expires)
+        except ValueError:
+            raise typer.BadParameter(f"{expires!r} is not an RFC 3339 time", param_hint="--expires") from None
     private_path, public = provenance.write_key_pair(name, out)
     console.print(f"private key: {private_path} (keep it secret)\nkey id: {provenance.key_id(public)}")
     if trust is not None:
         provenance.add_trusted_key(trust, name, public, expires=expires)
         console.print(f"trusted in {trust}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    ctx: typer.Context,
+    keyid: Annotated[str, typer.Argument(help="Key id to revoke (or an unambiguous prefix of 8+ hex digits).")],
+    trust: Annotated[
+        Path | None, typer.Option("--trust", help="Trust file to record it in (default: the local trust file).")
+    ] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why, kept in the trust file and the ledger.")] = None,
+) -> None:
+    """Revoke a signer: recorded in the trust file and the ledger; the next ingest withdraws its documents.
+
+    Example: rag keys revoke 3f2a9c1e --reason "laptop stolen"
+    """
+    from ingest.pipeline import Ingestor
+
+    settings = _settings(ctx)
+    target = trust or settings.local_trust_path
+    entry, new = Ingestor(settings, None, None).revoke(keyid, target, reason)
+    state = "revoked" if new else "already revoked"
+    console.print(f"{state}: {entry.name} ({entry.keyid[:16]}…) in {target}")
+    if new:
+        console.print("the next `rag ingest` withdraws the documents this key signed")
 
 
 def sign(
@@ -120,8 +151,15 @@ def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Documents or folders to ingest.")],
     trust: Annotated[Path | None, typer.Option(help="Trust store (default: the configured ones).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+    allow_signer_change: Annotated[
+        bool,
+        typer.Option("--allow-signer-change", help="Let another signer replace a document (recorded in the ledger)."),
+    ] = False,
 ) -> None:
     """Verify, chunk, embed and store documents; exit 1 if any was rejected.
+
+    Documents of revoked signers are withdrawn first. A document admitted under one signer is replaced
+    only under the same signer (otherwise `signer_changed`), unless --allow-signer-change.
 
     Example: rag ingest knowledge_base/examples/rejected ./my-docs
     """
@@ -142,7 +180,9 @@ def ingest(
         transient=False,
     ) as bar:
         task = bar.add_task("ingest", total=total)
-        report = ingestor.ingest(paths, progress=lambda n: bar.advance(task, n))
+        report = ingestor.ingest(
+            paths, progress=lambda n: bar.advance(task, n), allow_signer_change=allow_signer_change
+        )
     if as_json:
         print(json.dumps(report.as_dict()))
     else:
@@ -160,6 +200,7 @@ def _print_report(summary: dict[str, object]) -> None:
         ("skipped, unchanged", "skipped_unchanged"),
         ("skipped, duplicate", "skipped_duplicate"),
         ("rejected", "rejected"),
+        ("withdrawn", "withdrawn"),
     ):
         table.add_row(label, str(summary[key]))
     reasons = summary["rejected_by_reason"]
@@ -174,6 +215,10 @@ def _print_report(summary: dict[str, object]) -> None:
     assert isinstance(rejections, list)
     for item in rejections:
         console.print(f"[red]rejected[/red] {item['reason']:<18} {item['path']}  ({item['detail']})")
+    withdrawals = summary["withdrawals"]
+    assert isinstance(withdrawals, list)
+    for item in withdrawals:
+        console.print(f"[yellow]withdrawn[/yellow] {item['reason']:<17} {item['doc_id']}")
 
 
 @import_app.command("pydoc")
@@ -202,20 +247,23 @@ def remove(
 
 
 def documents(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List the documents in the knowledge base with their provenance."""
+    """List the documents in the knowledge base with their provenance, and those withdrawn."""
     from ingest.pipeline import Ingestor
 
     settings = _settings(ctx)
-    docs = Ingestor(settings, None, None).documents()
+    docs = Ingestor(settings, None, None).documents(include_withdrawn=True)
     if as_json:
         print(json.dumps(docs, indent=2))
         return
-    table = Table(title=f"{len(docs)} documents")
-    for column in ("doc_id", "title", "origin", "license", "signer", "chunks", "sha256"):
+    live = sum(d["status"] == "live" for d in docs)
+    table = Table(title=f"{live} documents" + (f", {len(docs) - live} withdrawn" if len(docs) > live else ""))
+    for column in ("doc_id", "status", "title", "origin", "license", "signer", "chunks", "sha256"):
         table.add_column(column)
     for d in docs:
+        status = d["status"] if d["status"] == "live" else f"withdrawn: {d['withdrawn_reason']}"
         table.add_row(
             d["doc_id"],
+            status,
             str(d["title"])[:40],
             str(d["origin"]),
             str(d["license"]),
@@ -226,16 +274,63 @@ def documents(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
     console.print(table)
 
 
+def _ledger(settings: Settings) -> Ledger:
+    from ingest.ledger import LedgerKey
+
+    return Ledger(settings.ledger_path, LedgerKey(settings.ledger_key_path))
+
+
 @ledger_app.command("verify")
-def ledger_verify(ctx: typer.Context) -> None:
-    """Check the ledger's hash chain and head; exit 1 on any edited, dropped or reordered entry."""
-    report = Ledger(_settings(ctx).ledger_path).verify()
-    if report.ok:
-        console.print(f"[green]ledger ok[/green]: {report.entries} entries, head {report.head[:16]}")
+def ledger_verify(
+    ctx: typer.Context,
+    expect: Annotated[
+        str | None,
+        typer.Option("--expect", help="A signed head from `rag ledger head` (the JSON, or a file holding it)."),
+    ] = None,
+    store: Annotated[bool, typer.Option(help="Also cross-check the vector store with the ledger.")] = True,
+) -> None:
+    """Check the hash chain, the signed head and the store; exit 1 naming every problem.
+
+    The store must hold exactly the chunks the ledger's live documents commit to, each with the committed
+    text hash. With --expect, the ledger must still extend that head (kept elsewhere by the operator).
+
+    Example: rag ledger verify --expect ~/ledger-head-2025-06-01.json
+    """
+    from ingest.ledger import cross_check, parse_expected_head
+
+    settings = _settings(ctx)
+    ledger = _ledger(settings)
+    expected = parse_expected_head(expect) if expect is not None else None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.data_dir / "ingest.lock").open("w") as lock:
+        # An ingest writes chunks before the entry that commits them: look between two ingests, not during one.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        report = ledger.verify(expect=expected)
+        problems = list(report.problems)
+        if store:
+            from rag.wiring import build_store
+
+            problems.extend(cross_check(ledger.live(), build_store(settings)))
+    if not problems:
+        checked = " and store" if store else ""
+        console.print(f"[green]ledger{checked} ok[/green]: {report.entries} entries, head {report.head[:16]}")
         return
-    for problem in report.problems:
-        console.print(f"[red]{problem}[/red]")
+    for problem in problems:
+        console.print(f"[red]{escape(problem)}[/red]", soft_wrap=True)
     raise typer.Exit(1)
+
+
+@ledger_app.command("head")
+def ledger_head(ctx: typer.Context) -> None:
+    """Print the signed ledger head (one line of JSON) to keep outside this machine.
+
+    Later, `rag ledger verify --expect HEAD` checks that the ledger still extends it: nothing admitted
+    or removed up to that point was cut or rewritten.
+
+    Example: rag ledger head > ~/ledger-head-$(date +%F).json
+    """
+    ledger = _ledger(_settings(ctx))
+    print(json.dumps(ledger.signed_head(), sort_keys=True))
 
 
 @ledger_app.command("export")

@@ -1,13 +1,12 @@
 """The guarded answer pipeline, usable without HTTP.
 
-question → validate → hybrid retrieval → re-hash passages → relevance gate → generate (watermarked)
+question → validate → hybrid retrieval → check passages against the ledger → relevance gate → generate (watermarked)
 → per-sentence groundedness check → answer with citations, support scores and an AI label.
 Every failure path abstains or raises; nothing unchecked is ever returned from the grounded path.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -24,13 +23,16 @@ from rag.grounding import (
     split_sentences,
 )
 from rag.protocols import Generator
-from rag.retrieval import Hit, HybridRetriever, where_clause
+from rag.retrieval import ChunkGate, Hit, HybridRetriever, where_clause
 from rag.settings import AnswerSettings, WatermarkSettings
 from rag.types import AnswerMode
 
 log = logging.getLogger(__name__)
 
 ABSTAIN_MESSAGE = "I can't answer that from the verified knowledge base: none of its signed sources supports an answer."
+# Heads the text of every ungrounded answer (evaluation, `rag ask --no-grounding`, or an HTTP endpoint an
+# operator opened with RAG_ANSWER__ALLOW_UNGROUNDED): a reader that ignores every label still sees it.
+UNCHECKED_LABEL = "[unchecked, not grounded]"
 RETRY_PASSAGES = 2  # a reader that only restated the question tries once more on this many best passages
 EXCERPT_CHARS = 300
 
@@ -75,17 +77,34 @@ class Answer:
 
     @property
     def text(self) -> str:
-        """The answer without citation markers (what evaluation scores)."""
-        return " ".join(s.sentence for s in self.support if s.supported) if self.grounded else self.answer
+        """The answer without citation markers or the unchecked label (what evaluation scores)."""
+        return " ".join(s.sentence for s in self.support if s.supported) if self.grounded else self.raw
+
+    @property
+    def released(self) -> list[SentenceSupport]:
+        """Support of the sentences the answer holds: the kept ones, none when it abstained."""
+        return [] if self.abstained else [s for s in self.support if s.supported]
+
+    def rejected_summary(self) -> dict[str, Any]:
+        """How many checked sentences were not released, by reason code; never their text."""
+        reasons: dict[str, int] = {}
+        for support in self.support:
+            if support.supported and not self.abstained:
+                continue
+            code = rejection_code(support)
+            reasons[code] = reasons.get(code, 0) + 1
+        return {"count": sum(reasons.values()), "reasons": reasons}
 
     def as_dict(self) -> dict[str, Any]:
+        """What may leave the service: released sentences only, rejected ones as a count and reason codes."""
         return {
             "question": self.question,
             "answer": self.answer,
             "abstained": self.abstained,
             "reason": self.reason,
             "citations": [c.as_dict() for c in self.citations],
-            "support": [s.as_dict() for s in self.support],
+            "support": [s.as_dict() for s in self.released],
+            "rejected": self.rejected_summary(),
             "label": self.label,
             "timings": self.timings,
             "answer_mode": self.answer_mode,
@@ -93,6 +112,21 @@ class Answer:
             "confidence": self.confidence,
             "retrieved": self.retrieved,
         }
+
+    def as_diagnostic_dict(self) -> dict[str, Any]:
+        """In-process only (`rag ask --explain`, evaluation): every checked sentence and the unchecked raw text.
+
+        Never serialise this over HTTP: it holds text the check rejected."""
+        return {**self.as_dict(), "support": [s.as_dict() for s in self.support], "raw": self.raw}
+
+
+def rejection_code(support: SentenceSupport) -> str:
+    """Why a checked sentence was not released (a stable code)."""
+    if support.restates_question:
+        return "restates_question"
+    if support.supported:  # it passed, but the answer was withheld (a later check failed)
+        return "withheld"
+    return support.reason or "unsupported"
 
 
 @dataclass(frozen=True)
@@ -112,14 +146,18 @@ class AnswerService:
         *,
         watermark: WatermarkSettings,
         ledger_head: Callable[[], str | None],
+        gate: ChunkGate,
         refresh: Callable[[], None] = lambda: None,
     ) -> None:
+        """`gate` decides which retrieved chunks may be used (the ledger's commitments, the signers trusted
+        now); `refresh` runs before each grounded answer so that it sees the ledger head as it is now."""
         self.settings = settings
         self.retriever = retriever
         self.generator = generator
         self.checker = checker
         self.watermark = watermark
         self.ledger_head = ledger_head
+        self.gate = gate
         self.refresh = refresh
 
     def validate(
@@ -183,10 +221,10 @@ class AnswerService:
             generation = self.generator.generate(question, None, mode="free")
             timings.update(generate_ms=generation.seconds * 1000, tokens=generation.tokens)
             timings["total_ms"] = (time.perf_counter() - started) * 1000
-            if generation.text:
-                yield Delta(generation.text)
+            labelled = f"{UNCHECKED_LABEL} {generation.text.strip()}".rstrip()  # the text itself says so
+            yield Delta(labelled)
             confidence = {"reader_logprob": _maybe_round(getattr(self.generator, "last_logprob", None))}
-            yield Answer(answer=generation.text, abstained=False, reason=None, citations=[], support=[],
+            yield Answer(answer=labelled, abstained=False, reason=None, citations=[], support=[],
                          timings=_round(timings), raw=generation.text, confidence=confidence, **base)  # fmt: skip
             return
 
@@ -195,7 +233,8 @@ class AnswerService:
             yield self._abstain(base, "empty_knowledge_base", timings, started)
             return
         t0 = time.perf_counter()
-        hits = [hit for hit in self.retriever.retrieve(question, k, filters) if _intact(hit)]
+        # A chunk the ledger does not commit (or whose signer is no longer trusted) is dropped, logged, never cited.
+        hits = self.retriever.retrieve(question, k, filters, admit=self.gate.admits)
         timings["retrieve_ms"] = (time.perf_counter() - t0) * 1000
         retrieved = [_hit_view(n, hit) for n, hit in enumerate(hits, start=1)]
         best = max((hit.dense_score or 0.0 for hit in hits), default=0.0)
@@ -303,6 +342,8 @@ class AnswerService:
             if support.supported:
                 kept.append(support)
                 yield Delta(_with_marker(support, first=len(kept) == 1))
+            else:  # a local diagnostic only: rejected text never leaves the service
+                log.debug("sentence not released (%s): %r", rejection_code(support), support.sentence)
 
     def _check(self, sentences: list[str], passages: list[str], timings: dict[str, float]) -> list[SentenceSupport]:
         t0 = time.perf_counter()
@@ -344,16 +385,6 @@ class AnswerService:
 
 class _CheckerFailedError(Exception):
     pass
-
-
-def _intact(hit: Hit) -> bool:
-    """Re-hash the passage: text that no longer matches its signed chunk hash is dropped."""
-    expected = str(hit.chunk.metadata.get("chunk_sha256", ""))
-    actual = hashlib.sha256(hit.chunk.text.encode("utf-8")).hexdigest()
-    if actual != expected:
-        log.warning("dropping chunk %s: text hash %s does not match stored %s", hit.chunk.id, actual, expected)
-        return False
-    return True
 
 
 def _with_marker(support: SentenceSupport, *, first: bool) -> str:

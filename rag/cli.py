@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.markup import escape
 
 from rag.errors import RagError
 from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from rag.answering import Answer
 
 app = typer.Typer(
     help="Provenance-first RAG: sign, verify and ingest human-written documents; answer with citations.",
@@ -52,13 +55,21 @@ def serve(
 def ask(
     ctx: typer.Context,
     question: str = typer.Argument(..., help="The question."),
-    no_grounding: bool = typer.Option(False, "--no-grounding", help="Answer without retrieval (labelled)."),
+    no_grounding: bool = typer.Option(
+        False, "--no-grounding", help="Answer without retrieval or checks; the text starts [unchecked, not grounded]."
+    ),
     mode: str = typer.Option(None, "--mode", help="free (default) or quote."),
     top_k: int = typer.Option(None, "--top-k", help="Passages to retrieve (1-20)."),
     generator: str = typer.Option(None, "--generator", help="gemma3-270m or smollm2-135m."),
-    as_json: bool = typer.Option(False, "--json", help="Print the full answer as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the answer as JSON (what the HTTP API returns)."),
+    explain: bool = typer.Option(
+        False, "--explain", help="Also show the sentences the check rejected, and why (local only; never served)."
+    ),
 ) -> None:
-    """Answer one question from the verified knowledge base."""
+    """Answer one question from the verified knowledge base.
+
+    Examples: `rag ask "What does the pass statement do?"`; `rag ask "..." --mode quote --explain`.
+    """
     import json
 
     from rich.table import Table
@@ -71,13 +82,15 @@ def ask(
     with Console(stderr=True).status("loading models and answering…"):
         result = service.answer(question, top_k=top_k, grounded=not no_grounding, mode=mode)  # type: ignore[arg-type]
     if as_json:
-        print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+        print(json.dumps(result.as_diagnostic_dict() if explain else result.as_dict(), indent=2, ensure_ascii=False))
         return
     console = Console()
     style = "yellow" if result.abstained else "green"
     console.print(f"[{style}]{escape(result.answer)}[/{style}]")
     if result.abstained:
         console.print(f"[dim]abstained: {result.reason}[/dim]")
+    if explain:
+        _explain(console, result)
     if result.citations:
         table = Table("n", "document", "title", "signer", "licence", "score")
         for c in result.citations:
@@ -89,6 +102,19 @@ def ask(
         f"{(label['watermark'] or {}).get('scheme', 'none')}; corpus head {str(label['corpus_ledger_head'])[:16]}; "
         f"{result.timings.get('total_ms', 0):.0f} ms[/dim]"
     )
+
+
+def _explain(console: Console, result: Answer) -> None:
+    """Every checked sentence with its score and, if it was not released, the reason code."""
+    from rag.answering import rejection_code
+
+    released = result.released
+    for support in result.support:
+        verdict = "released" if support in released else f"rejected ({rejection_code(support)})"
+        where = f"{verdict}, score {support.score:.3f}, passage {support.passage}"
+        console.print(f"[dim]{where}:[/dim] {escape(support.sentence)}")
+    if not result.support:
+        console.print("[dim]no sentence was checked[/dim]")
 
 
 DEFAULT_COUNTERFACTUAL = 20

@@ -41,7 +41,10 @@ class KeyFileError(RagError):
 
 
 class TrustStoreError(RagError):
-    code = "trust_store_error"
+    """A trust file that cannot be relied on (a key id that is not its key's hash, a key listed twice, a bad time)."""
+
+    code = "trust_store_invalid"
+    http_status = 500
 
 
 class LedgerError(RagError):

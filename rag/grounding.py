@@ -1,10 +1,12 @@
 """Groundedness: does each answer sentence say only what a retrieved passage says?
 
-Support of a sentence by a passage = 0.6 x content-word coverage (share of the sentence's content
-words found in the passage) + 0.4 x embedding similarity (MiniLM cosine between the sentence and the
-passage sentence most like it). Numbers and names (key terms) are a hard requirement: if one is
-missing from the passage, that passage does not support the sentence, whatever the score. A
-sentence is kept when its best passage reaches the threshold; that passage is the one it cites.
+A sentence is aligned with one stretch of a passage (one sentence, or two adjacent ones) and scored
+there: 0.6 x content-word coverage of that stretch + 0.4 x MiniLM cosine to the most similar passage
+sentence. It is supported only if the score reaches the threshold, the stretch alone holds most of its
+words and every number and name (key terms), its negations match the stretch's, and the words inside
+each clause keep the stretch's order. Counting shared words alone passes a negated or role-swapped
+sentence and words gathered from all over a passage; those are the holes this closes. The supporting
+passage is the one the sentence cites.
 """
 
 from __future__ import annotations

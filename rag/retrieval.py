@@ -2,22 +2,28 @@
 
 The BM25 index is rebuilt from the store when ingest or removal changes it (the ingestor's
 `on_change` hook) and saved with the ledger head it reflects; queries load it once and never
-rebuild it, unless the ledger moved on without it (a crash between ingest and rebuild).
+rebuild it, unless the ledger moved on without it (a crash between ingest and rebuild, or an ingest in
+another process that has not saved its index yet). A retrieved chunk is used only if the `ChunkGate`
+admits it (the ledger's commitments, checked at answer time); a refused one makes room for the next.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rag.errors import InvalidInputError
 from rag.protocols import Embedder, VectorStore
 from rag.types import StoredChunk
+
+log = logging.getLogger(__name__)
 
 # Questions of different lengths, for warm-up only: each new query length costs the first call more.
 WARM_UP_QUERIES = (
@@ -31,6 +37,12 @@ WARM_UP_QUERIES = (
 
 FILTER_FIELDS = ("license", "authors", "origin", "doc_id", "signer_name", "title")
 RRF_K = 60
+
+
+class ChunkGate(Protocol):
+    """Says which stored chunks may be served now (the ledger's commitments and the signers trusted now)."""
+
+    def admits(self, chunk: StoredChunk) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -87,20 +99,33 @@ class LexicalIndex:
 
         ids = store.ids()
         chunks = store.get(ids) if ids else []
-        tmp = self.directory.with_name(self.directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         retriever = None
         if chunks:
             retriever = bm25s.BM25()
             retriever.index(
                 bm25s.tokenize([c.text for c in chunks], stopwords="en", show_progress=False), show_progress=False
             )
-            retriever.save(str(tmp / "bm25"))
-        (tmp / "meta.json").write_text(json.dumps({"head": head, "ids": [c.id for c in chunks]}))
-        shutil.rmtree(self.directory, ignore_errors=True)
-        os.replace(tmp, self.directory)
         self._retriever, self._ids, self._head = retriever, [c.id for c in chunks], head
+        self._save(retriever, head)
+
+    def _save(self, retriever: Any, head: str) -> None:
+        """Replace the saved index; an ingest in another process may be saving its own at the same moment,
+        so each writes a private directory and a lost race only costs the loser its copy on disk."""
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=self.directory.name + ".", suffix=".tmp", dir=self.directory.parent))
+        old = tmp.with_suffix(".old")
+        try:
+            if retriever is not None:
+                retriever.save(str(tmp / "bm25"))
+            (tmp / "meta.json").write_text(json.dumps({"head": head, "ids": self._ids}))
+            if self.directory.exists():
+                os.replace(self.directory, old)
+            os.replace(tmp, self.directory)
+        except OSError as exc:
+            log.warning("BM25 index not saved (%s); the one in memory is used", exc)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
 
     def load(self) -> str | None:
         """Load the saved index; returns the ledger head it reflects (None if there is none)."""
@@ -109,10 +134,14 @@ class LexicalIndex:
             return None
         import bm25s
 
-        info = json.loads(meta.read_text())
-        self._ids, self._head = list(info["ids"]), str(info["head"])
-        self._retriever = bm25s.BM25.load(str(self.directory / "bm25")) if self._ids else None
-        return self._head
+        try:
+            info = json.loads(meta.read_text())
+            ids, head = list(info["ids"]), str(info["head"])
+            retriever = bm25s.BM25.load(str(self.directory / "bm25")) if ids else None
+        except (OSError, ValueError, KeyError):
+            return None  # replaced under us by another process: rebuild
+        self._retriever, self._ids, self._head = retriever, ids, head
+        return head
 
     @property
     def head(self) -> str | None:
@@ -145,7 +174,15 @@ class HybridRetriever:
         self.lexical = lexical
         self.candidates = candidates
 
-    def retrieve(self, query: str, top_k: int = 4, filters: dict[str, Any] | None = None) -> list[Hit]:
+    def retrieve(
+        self,
+        query: str,
+        top_k: int = 4,
+        filters: dict[str, Any] | None = None,
+        *,
+        admit: Callable[[StoredChunk], bool] | None = None,
+    ) -> list[Hit]:
+        """The `top_k` best fused hits; with `admit`, a refused chunk is skipped and the next one taken."""
         where = where_clause(filters)
         # Ranks need only ids and scores; text and metadata are read for the winners alone.
         dense = self.store.query(self.embedder.embed([query])[0], self.candidates, where=where, content=False)
@@ -168,7 +205,11 @@ class HybridRetriever:
             start += len(page)
             found = {c.id: c for c in self.store.get(page)}
             chosen.extend(
-                found[i] for i in page if i in found and (i in dense_rank or _matches(found[i].metadata, filters))
+                found[i]
+                for i in page
+                if i in found
+                and (i in dense_rank or _matches(found[i].metadata, filters))
+                and (admit is None or admit(found[i]))
             )
         return [
             Hit(

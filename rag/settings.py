@@ -95,6 +95,11 @@ class AnswerSettings(BaseModel):
     max_question_chars: int = Field(2000, ge=1)
     queue_size: int = Field(8, ge=1, description="Requests waiting for the CPU generator before 503.")
     retry_after_s: int = Field(5, ge=1)
+    allow_ungrounded: bool = Field(
+        False,
+        description="Let HTTP requests send `grounded: false` (experiments only). Such answers are not checked "
+        "and their text starts with [unchecked, not grounded]; otherwise a request with `grounded` gets 422.",
+    )
 
 
 class Settings(BaseSettings):
@@ -102,6 +107,11 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".rag")
     trust_path: Path = Path("knowledge_base/trust.json")
+    ledger_key_path: Path = Field(
+        Path.home() / ".config" / "provenance-first-rag" / "ledger.key",
+        description="Ed25519 key that signs the ledger head; made on first ingest. Keep it outside the data dir, "
+        "so that someone who can write the data dir cannot cut the ledger and re-sign its head.",
+    )
     model_cache_dir: Path = Field(
         Path.home() / ".cache" / "provenance-first-rag" / "models",
         description="Local models converted once from their GGUF files (saves ~30 s per start).",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -20,8 +20,19 @@ GET_PAGE = 5_000
 class ChromaStore:
     """Chunks with provenance metadata in a Chroma collection (cosine space)."""
 
-    def __init__(self, collection: Any) -> None:
+    def __init__(self, collection: Any, reopen: Callable[[], Any] | None = None) -> None:
         self._collection = collection
+        self._reopen = reopen
+
+    def reopen(self) -> None:
+        """Open the collection afresh, to see what another process wrote.
+
+        An embedded `PersistentClient` keeps its vector index in memory and never reloads it: chunks another
+        process adds stay invisible to `query` (and deleted ones stay in it) until the client is made anew.
+        Chroma shares one client system per path inside a process, so that system is dropped from its
+        cache first; clients already holding it keep working. A server (`HttpClient`) needs nothing."""
+        if self._reopen is not None:
+            self._collection = self._reopen()
 
     @classmethod
     def open(
@@ -40,6 +51,7 @@ class ChromaStore:
         except ImportError as exc:  # pragma: no cover - install problem
             raise BackendUnavailableError("chromadb is not installed: pip install chromadb.") from exc
         chroma_settings = ChromaSettings(anonymized_telemetry=False)
+        reopen: Callable[[], Any] | None = None
         if url:
             parsed = urlparse(url)
             try:
@@ -55,6 +67,15 @@ class ChromaStore:
             assert path is not None
             path.mkdir(parents=True, exist_ok=True)
             client = chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+
+            def reopen() -> Any:
+                from chromadb.api.shared_system_client import SharedSystemClient
+
+                # The cache key of an embedded client is its directory (as Chroma's own settings spell it).
+                SharedSystemClient._identifier_to_system.pop(str(client.get_settings().persist_directory), None)
+                fresh = chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+                return fresh.get_collection(collection)
+
         metadata = {"hnsw:space": "cosine", **({"embedder": embedder} if embedder else {})}
         opened = client.get_or_create_collection(collection, metadata=metadata)
         recorded = (opened.metadata or {}).get("embedder")
@@ -65,7 +86,7 @@ class ChromaStore:
                 "RAG_EMBEDDER__QUANTIZE) or ingest into a new data dir.",
                 code="embedder_mismatch",
             )
-        return cls(opened)
+        return cls(opened, reopen)
 
     def upsert(self, chunks: Sequence[Chunk], embeddings: Sequence[Sequence[float]]) -> None:
         for start in range(0, len(chunks), _WRITE_BATCH):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from rag.embedders import OpenVinoEmbedder, SentenceTransformerEmbedder
@@ -11,6 +12,7 @@ from rag.settings import Settings
 from rag.stores import ChromaStore
 
 if TYPE_CHECKING:
+    from ingest.ledger import LedgerGate
     from ingest.pipeline import ContentCheck, Ingestor
     from ingest.provenance import TrustStore
     from rag.answering import AnswerService
@@ -57,7 +59,7 @@ def build_ingestor(settings: Settings, embedder: Embedder | None = None, trust: 
         embedder or build_embedder(settings),
         trust=trust,
         checks=content_checks(settings),
-        on_change=lambda: lexical.rebuild(store, ledger.head()),
+        on_change=lambda: lexical.rebuild(store, ledger.read_head()),
     )
 
 
@@ -98,17 +100,28 @@ def build_answer_service(
     generator: Generator | None = None,
     collection: str | None = None,
 ) -> AnswerService:
-    """Retriever, generator and checker sharing one embedder; BM25 follows the ledger between requests."""
-    from ingest.ledger import Ledger
+    """Retriever, generator and checker sharing one embedder, following the ledger head between requests.
+
+    Before each grounded answer the service reads the ledger head (a small file). When it moved (an ingest,
+    a removal, a revocation, in this process or another), the commitments are reloaded, the Chroma client
+    is opened afresh (an embedded one never sees another process's additions otherwise) and BM25 follows,
+    all under one lock and before retrieval: the answer uses exactly the new state."""
     from rag.answering import AnswerService
 
     embedder = embedder or build_embedder(settings, serving=True)
     store = build_store(settings, collection)
     lexical = LexicalIndex(settings.lexical_path)
-    ledger = Ledger(settings.ledger_path)
+    gate = build_gate(settings)
+    lock = threading.Lock()
+    opened = [True]  # the store was opened just now: no need to reopen it on the first follow
 
     def refresh() -> None:
-        lexical.follow(store, ledger.read_head())
+        with lock:
+            if gate.follow():
+                if not opened[0]:
+                    store.reopen()
+                opened[0] = False
+                lexical.follow(store, gate.head or "")
 
     refresh()
     return AnswerService(
@@ -117,9 +130,17 @@ def build_answer_service(
         generator or build_generator(settings),
         build_checker(settings, embedder),
         watermark=settings.watermark,
-        ledger_head=ledger.read_head,
+        ledger_head=lambda: gate.head,
+        gate=gate,
         refresh=refresh,
     )
+
+
+def build_gate(settings: Settings) -> LedgerGate:
+    """What the answer path may serve: the ledger head's chunk commitments and the signers trusted now."""
+    from ingest.ledger import Ledger, LedgerGate
+
+    return LedgerGate(Ledger(settings.ledger_path), (settings.trust_path, settings.local_trust_path))
 
 
 def build_checker(settings: Settings, embedder: Embedder | None = None) -> GroundednessChecker:

@@ -20,6 +20,7 @@ def _isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test gets its own data dir; nothing touches the developer's .rag/."""
     monkeypatch.setenv("RAG_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("RAG_TRUST_PATH", str(tmp_path / "trust.json"))
+    monkeypatch.setenv("RAG_LEDGER_KEY_PATH", str(tmp_path / "ledger-key" / "ledger.key"))
 
 
 @pytest.fixture

@@ -9,12 +9,13 @@ import pytest
 
 from ingest.ledger import Ledger
 from ingest.pipeline import Ingestor
-from rag.answering import ABSTAIN_MESSAGE, Answer, AnswerService, Delta
+from rag.answering import ABSTAIN_MESSAGE, UNCHECKED_LABEL, Answer, AnswerService, Delta
 from rag.errors import InvalidInputError
 from rag.grounding import GroundednessChecker, SentenceSupport, content_words, key_terms, split_sentences
 from rag.retrieval import HybridRetriever, LexicalIndex
 from rag.settings import Settings
 from rag.types import AnswerMode, Generation
+from rag.wiring import build_gate
 from tests.fakes import FakeEmbedder, InMemoryStore
 
 
@@ -74,6 +75,8 @@ def make_service(settings: Settings, store: InMemoryStore, generator: FakeGenera
         checker,  # type: ignore[arg-type]
         watermark=settings.watermark,
         ledger_head=ledger.head,
+        gate=(gate := build_gate(settings)),
+        refresh=gate.follow,
     )
 
 
@@ -223,7 +226,8 @@ def test_stream_releases_only_checked_sentences(lenient: Settings, store: InMemo
 def test_ungrounded_mode_is_labelled(settings: Settings, store: InMemoryStore) -> None:
     generator = FakeGenerator("Anything at all")
     result = make_service(settings, store, generator).answer(QUESTION, grounded=False)
-    assert not result.abstained and result.answer == "Anything at all" and result.citations == []
+    assert not result.abstained and result.answer == f"{UNCHECKED_LABEL} Anything at all" and result.citations == []
+    assert result.text == result.raw == "Anything at all"  # what evaluation scores carries no label
     assert result.label["grounded"] is False and result.label["corpus_ledger_head"] is None
     assert generator.calls[0][1] is None
 

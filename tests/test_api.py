@@ -37,7 +37,8 @@ def test_answer_returns_checked_cited_labelled_text(client: TestClient) -> None:
     assert body["abstained"] is False and "1066" not in body["answer"]
     assert body["citations"][0]["doc_id"] == "pass.md"
     assert body["label"]["ai_generated"] is True and body["timings"]["total_ms"] > 0
-    assert [s["supported"] for s in body["support"]] == [True, False]
+    assert [s["supported"] for s in body["support"]] == [True]  # the rejected sentence only as a count
+    assert body["rejected"] == {"count": 1, "reasons": {"missing_terms": 1}} and "1066" not in response.text
 
 
 @pytest.mark.parametrize(

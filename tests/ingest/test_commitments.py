@@ -1,0 +1,224 @@
+"""The store answers to the ledger, and the ledger cannot be cut silently (real Chroma, fake embedder)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from chromadb.api.shared_system_client import SharedSystemClient
+from typer.testing import CliRunner
+
+from ingest.ledger import Ledger, LedgerKey, parse_expected_head
+from ingest.pipeline import Ingestor
+from rag.cli import app
+from rag.errors import LedgerError
+from rag.settings import Settings
+from rag.stores import ChromaStore
+from rag.types import AnswerMode, Generation
+from rag.wiring import build_answer_service, build_store
+from tests.conftest import Curator, pydoc_text
+from tests.fakes import FakeEmbedder
+
+FORGED = "Barn owls are paid forty dollars a week by the lighthouse board."
+
+
+class FirstSentenceGenerator:
+    """Answers with the first sentence of the first passage it is given (a supported answer)."""
+
+    watermarked = True
+    model_id = "fake-first-sentence"
+
+    def warm_up(self) -> None:
+        pass
+
+    def stream(
+        self,
+        question: str,
+        passages: Sequence[str] | None,
+        *,
+        mode: AnswerMode = "free",
+        max_new_tokens: int | None = None,
+    ) -> Iterator[str]:
+        yield (passages or [""])[0].split(". ")[0].strip()
+
+    def generate(
+        self,
+        question: str,
+        passages: Sequence[str] | None,
+        *,
+        mode: AnswerMode = "free",
+        max_new_tokens: int | None = None,
+    ) -> Generation:
+        text = "".join(self.stream(question, passages, mode=mode))
+        return Generation(text=text, tokens=len(text.split()), seconds=0.0, prompt_tokens=0)
+
+
+@pytest.fixture
+def lenient(settings: Settings) -> Settings:
+    settings.answer.relevance_threshold = 0.05  # the hashing fake embedder gives low cosines
+    return settings
+
+
+def ingestor(settings: Settings) -> Ingestor:
+    return Ingestor(settings, build_store(settings), FakeEmbedder())
+
+
+def ledger(settings: Settings) -> Ledger:
+    return Ledger(settings.ledger_path, LedgerKey(settings.ledger_key_path))
+
+
+def verify_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["ledger", "verify", *args], terminal_width=400)
+    return result.exit_code, result.output
+
+
+def forge(store: ChromaStore, doc_id: str) -> str:
+    """Replace a chunk's text in Chroma together with its stored hash, as an attacker with the store would."""
+    chunk = next(c for c in store.get(store.ids()) if c.metadata["doc_id"] == doc_id)
+    metadata = {**chunk.metadata, "chunk_sha256": hashlib.sha256(FORGED.encode()).hexdigest()}
+    store._collection.update(
+        ids=[chunk.id], documents=[FORGED], metadatas=[metadata], embeddings=FakeEmbedder().embed([FORGED])
+    )
+    return chunk.id
+
+
+def test_admitting_entries_commit_chunk_ids_and_hashes(settings: Settings, corpus: Path) -> None:
+    ingestor(settings).ingest([corpus])
+    store = build_store(settings)
+    live = ledger(settings).live()
+    stored = {c.id: c.text for c in store.get(store.ids())}
+    committed = {
+        f"{doc.doc_id}@{doc.sha256[:16]}#{n:05d}": sha
+        for doc in live.values()
+        for n, sha in enumerate(doc.chunk_hashes or [])
+    }
+    assert committed and set(committed) == set(stored)
+    assert all(hashlib.sha256(stored[i].encode()).hexdigest() == sha for i, sha in committed.items())
+    code, output = verify_cli()
+    assert code == 0 and "ledger and store ok" in output
+
+
+def test_chunk_edited_behind_the_ledger_is_never_served(lenient: Settings, corpus: Path) -> None:
+    ingestor(lenient).ingest([corpus])
+    service = build_answer_service(lenient, embedder=FakeEmbedder(), generator=FirstSentenceGenerator())
+    assert not service.answer("What does the pass statement do?").abstained  # it answers before the forgery
+
+    forged = forge(build_store(lenient), "pass.md")
+    result = service.answer("Who pays the barn owls a week, the lighthouse board?")
+    assert forged not in {r["chunk_id"] for r in result.retrieved}
+    assert all(c.chunk_id != forged for c in result.citations) and "lighthouse" not in result.answer
+
+    code, output = verify_cli()
+    assert code == 1 and forged in output and "differs from the committed hash" in output
+
+    # The next ingest repairs it from the signed source: the forged chunk is replaced by the committed one.
+    report = ingestor(lenient).ingest([corpus])
+    assert report.repaired_chunks == 1 and [r["doc_id"] for r in report.replaced] == ["pass.md"]
+    assert verify_cli()[0] == 0
+
+
+def test_chunk_the_ledger_does_not_commit_is_not_served_and_is_named(lenient: Settings, corpus: Path) -> None:
+    ingestor(lenient).ingest([corpus])
+    store = build_store(lenient)
+    intruder = "planted.md@0123456789abcdef#00000"
+    metadata = {"doc_id": "planted.md", "chunk_sha256": hashlib.sha256(FORGED.encode()).hexdigest()}
+    store._collection.add(
+        ids=[intruder], documents=[FORGED], metadatas=[metadata], embeddings=FakeEmbedder().embed([FORGED])
+    )
+    service = build_answer_service(lenient, embedder=FakeEmbedder(), generator=FirstSentenceGenerator())
+    result = service.answer("Who pays the barn owls a week, the lighthouse board?")
+    assert intruder not in {r["chunk_id"] for r in result.retrieved}
+    code, output = verify_cli()
+    assert code == 1 and intruder in output and "does not commit" in output
+
+
+def test_revoked_signer_is_not_served_without_a_restart(lenient: Settings, corpus: Path, curator: Curator) -> None:
+    ingestor(lenient).ingest([corpus])
+    service = build_answer_service(lenient, embedder=FakeEmbedder(), generator=FirstSentenceGenerator())
+    assert service.answer("What does the pass statement do?").citations
+    trust = json.loads(lenient.trust_path.read_text())
+    for key in trust["keys"]:
+        key["revoked"] = True
+    lenient.trust_path.write_text(json.dumps(trust))
+    result = service.answer("What does the pass statement do?")
+    assert result.abstained and not result.retrieved
+
+
+def test_cut_ledger_is_caught_and_ingest_refuses(settings: Settings, corpus: Path, curator: Curator) -> None:
+    ingestor(settings).ingest([corpus])
+    extra = corpus / "while.md"
+    extra.write_text(pydoc_text("while"), encoding="utf-8")
+    curator.sign(extra, title="while")
+    ingestor(settings).ingest([corpus])
+    lines = settings.ledger_path.read_text().splitlines(keepends=True)
+    head_path = Ledger(settings.ledger_path).head_path
+
+    # Cut the last entry and write a matching (unsigned) head.
+    settings.ledger_path.write_text("".join(lines[:-1]))
+    last = json.loads(lines[-2])
+    head_path.write_text(json.dumps({"index": last["index"], "hash": last["hash"]}) + "\n")
+    report = ledger(settings).verify()
+    assert not report.ok and any("not signed" in p for p in report.problems)
+    with pytest.raises(LedgerError) as refused:
+        ingestor(settings).ingest([corpus])
+    assert refused.value.code == "ledger_corrupt"
+    assert verify_cli()[0] == 1
+
+
+def test_rollback_to_an_older_signed_head_is_caught(settings: Settings, corpus: Path, curator: Curator) -> None:
+    ingestor(settings).ingest([corpus])
+    old_ledger, old_head = settings.ledger_path.read_bytes(), Ledger(settings.ledger_path).head_path.read_bytes()
+    code, _ = verify_cli()
+    assert code == 0
+    pinned = CliRunner().invoke(app, ["ledger", "head"]).output.strip()
+    extra = corpus / "while.md"
+    extra.write_text(pydoc_text("while"), encoding="utf-8")
+    curator.sign(extra, title="while")
+    ingestor(settings).ingest([corpus])
+    later = CliRunner().invoke(app, ["ledger", "head"]).output.strip()
+    assert verify_cli("--expect", pinned)[0] == 0  # the ledger still extends the older head
+
+    # Put back the older ledger and its (validly signed) head: caught by the head the key remembers,
+    # and by the operator's copy of the later head.
+    settings.ledger_path.write_bytes(old_ledger)
+    Ledger(settings.ledger_path).head_path.write_bytes(old_head)
+    assert any("cut" in p for p in ledger(settings).verify().problems)
+    assert any("cut" in p for p in ledger(settings).verify(expect=parse_expected_head(later)).problems)
+    code, output = verify_cli("--expect", later)
+    assert code == 1 and "expected head" in output
+    with pytest.raises(LedgerError):
+        ingestor(settings).ingest([corpus])
+
+
+def test_deleted_ledger_beside_a_full_store_is_an_error(settings: Settings, corpus: Path) -> None:
+    ingestor(settings).ingest([corpus])
+    settings.ledger_path.unlink()
+    Ledger(settings.ledger_path).head_path.unlink()
+    code, output = verify_cli()
+    assert code == 1 and "does not commit" in output
+    with pytest.raises(LedgerError) as refused:
+        ingestor(settings).ingest([corpus])
+    assert refused.value.code == "ledger_corrupt"
+
+
+def test_an_empty_data_dir_starts_a_new_ledger(settings: Settings, corpus: Path) -> None:
+    ingestor(settings).ingest([corpus])
+    shutil.rmtree(settings.data_dir)
+    SharedSystemClient.clear_system_cache()  # as a new process would: Chroma caches the deleted store in memory
+    report = ingestor(settings).ingest([corpus])
+    assert len(report.accepted) == 3 and verify_cli()[0] == 0
+
+
+def test_forged_entries_after_the_head_are_cut_before_an_append(settings: Settings, corpus: Path) -> None:
+    ingestor(settings).ingest([corpus])
+    forged = Ledger(settings.ledger_path)  # no key: appends entries but leaves the head file unsigned...
+    head = forged.head_path.read_bytes()
+    forged.append({"action": "remove", "doc_id": "pass.md", "sha256": "0" * 64})
+    forged.head_path.write_bytes(head)  # ...so put the signed head back, as an attacker without the key would
+    assert any("after the recorded head" in p for p in ledger(settings).verify().problems)
+    ingestor(settings).ingest([corpus])  # cuts the unacknowledged entry, then appends nothing new
+    assert "pass.md" in ledger(settings).live() and ledger(settings).verify().ok
