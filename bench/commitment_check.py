@@ -22,8 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)  # run as a script, this folder (bench/ingest.py) would shadow the `ingest` package
 
-from ingest.ledger import Ledger, LedgerGate, LedgerKey, chunk_id  # noqa: E402
-from ingest.provenance import add_trusted_key, write_key_pair  # noqa: E402
+from ingest.commitments import LedgerGate  # noqa: E402
+from ingest.ledger import Ledger, chunk_id  # noqa: E402
+from ingest.ledger_head import LedgerKey  # noqa: E402
+from ingest.trust import add_trusted_key, write_key_pair  # noqa: E402
 from rag.types import StoredChunk  # noqa: E402
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from ingest import provenance
 from ingest.ledger import Ledger
+from ingest.trust import TrustStore, add_trusted_key, key_id, load_private_key, parse_time, write_key_pair
 from rag.settings import Settings
 
 console = Console()
@@ -43,13 +44,13 @@ def keys_new(
     """
     if expires is not None:
         try:
-            provenance.parse_time(expires)
+            parse_time(expires)
         except ValueError:
             raise typer.BadParameter(f"{expires!r} is not an RFC 3339 time", param_hint="--expires") from None
-    private_path, public = provenance.write_key_pair(name, out)
-    console.print(f"private key: {private_path} (keep it secret)\nkey id: {provenance.key_id(public)}")
+    private_path, public = write_key_pair(name, out)
+    console.print(f"private key: {private_path} (keep it secret)\nkey id: {key_id(public)}")
     if trust is not None:
-        provenance.add_trusted_key(trust, name, public, expires=expires)
+        add_trusted_key(trust, name, public, expires=expires)
         console.print(f"trusted in {trust}")
 
 
@@ -98,7 +99,7 @@ def sign(
     """
     if origin not in Origins:
         raise typer.BadParameter(f"must be one of {', '.join(Origins)}", param_hint="--origin")
-    private = provenance.load_private_key(key)
+    private = load_private_key(key)
     for file in files:
         out = provenance.sign_document(
             file,
@@ -114,12 +115,8 @@ def sign(
         console.print(f"signed {file} -> {out.name}")
 
 
-def _trust(settings: Settings, trust: Path | None) -> provenance.TrustStore:
-    return (
-        provenance.TrustStore.load(trust)
-        if trust
-        else provenance.TrustStore.load(settings.trust_path, settings.local_trust_path)
-    )
+def _trust(settings: Settings, trust: Path | None) -> TrustStore:
+    return TrustStore.load(trust) if trust else TrustStore.load(settings.trust_path, settings.local_trust_path)
 
 
 def verify(
@@ -275,7 +272,7 @@ def documents(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
 
 
 def _ledger(settings: Settings) -> Ledger:
-    from ingest.ledger import LedgerKey
+    from ingest.ledger_head import LedgerKey
 
     return Ledger(settings.ledger_path, LedgerKey(settings.ledger_key_path))
 
@@ -296,7 +293,8 @@ def ledger_verify(
 
     Example: rag ledger verify --expect ~/ledger-head-2025-06-01.json
     """
-    from ingest.ledger import cross_check, parse_expected_head
+    from ingest.commitments import cross_check
+    from ingest.ledger_head import parse_expected_head
 
     settings = _settings(ctx)
     ledger = _ledger(settings)

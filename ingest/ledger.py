@@ -3,44 +3,33 @@
 Each entry carries `prev` (the previous entry's hash) and `hash` (sha256 of its own RFC 8785
 canonical form without `hash`). An admitting entry (`add`, `replace`) lists its chunks' sha256 in
 order (`chunk_sha256`; chunk n's id is `chunk_id(doc_id, sha256, n)`), so the chain commits to exactly
-what may be served. A side file records the head (index and hash), signed with the ledger key kept
-outside the data dir (a DSSE envelope, securesystemslib), so cutting entries at the end and rewriting
-the head is caught too; `verify(expect=...)` checks the ledger still extends a head kept elsewhere.
+what may be served (`ingest.commitments`). A side file records the head (index and hash), signed with
+the ledger key kept outside the data dir (`ingest.ledger_head`), so cutting entries at the end and
+rewriting the head is caught too; `verify(expect=...)` checks the ledger still extends a head kept elsewhere.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import rfc8785
 
-from ingest.provenance import key_id, load_private_key, utc_now, write_key_pair
-from rag.errors import LedgerError, TrustStoreError
-from rag.types import StoredChunk
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
-    from ingest.provenance import TrustStore
-    from rag.protocols import VectorStore
+from ingest.ledger_head import LedgerKey, check_extends, check_signature
+from ingest.trust import utc_now
+from rag.errors import LedgerError
 
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 LIVE_ACTIONS = ("add", "replace")
 GONE_ACTIONS = ("remove", "withdraw")
-HEAD_PAYLOAD_TYPE = "application/vnd.provenance-first-rag.ledger-head+json"
-NAMED_AT_MOST = 20  # problems that name chunks name this many, then count the rest
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
@@ -87,125 +76,12 @@ class LiveDocument:
         return str(self.entry.get("signer_keyid") or "")
 
 
-@dataclass(frozen=True)
-class Commitment:
-    """What the ledger commits one chunk id to."""
-
-    doc_id: str
-    sha256: str
-    signer_keyid: str
-
-
-def commitments(live: dict[str, LiveDocument]) -> dict[str, Commitment]:
-    """chunk id → commitment, for every chunk of every live document whose entry commits its chunks."""
-    out: dict[str, Commitment] = {}
-    for doc in live.values():
-        for n, sha in enumerate(doc.chunk_hashes or ()):
-            out[chunk_id(doc.doc_id, doc.sha256, n)] = Commitment(doc.doc_id, sha, doc.signer_keyid)
-    return out
-
-
 @dataclass
 class VerifyReport:
     ok: bool
     entries: int
     head: str
     problems: list[str]
-
-
-class LedgerKey:
-    """The Ed25519 key that signs the ledger head; it lives outside the data dir (a setting)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._private: Ed25519PrivateKey | None = None
-
-    def exists(self) -> bool:
-        return self.path.exists()
-
-    def create(self) -> None:
-        write_key_pair(self.path.stem, self.path.parent)
-        log.warning("made a new ledger key at %s: keep it outside the data dir, and back it up", self.path)
-
-    def private(self) -> Ed25519PrivateKey:
-        if self._private is None:
-            self._private = load_private_key(self.path)
-        return self._private
-
-    def public(self) -> Ed25519PublicKey:
-        return self.private().public_key()
-
-    def sign(self, index: int, head: str) -> dict[str, Any]:
-        """A DSSE envelope over {ledger head index, hash, time}."""
-        from securesystemslib.dsse import Envelope
-        from securesystemslib.signer import CryptoSigner, SSlibKey
-
-        payload: dict[str, Any] = {"index": index, "hash": head, "entries": index + 1, "signed_at": utc_now()}
-        public = SSlibKey.from_crypto(self.public(), keyid=key_id(self.public()))
-        envelope = Envelope(rfc8785.dumps(payload), HEAD_PAYLOAD_TYPE, {})
-        envelope.sign(CryptoSigner(self.private(), public))
-        return dict(envelope.to_dict())
-
-    @property
-    def _heads_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".heads.json")
-
-    def remember(self, ledger: Path, index: int | None, head: str | None) -> None:
-        """Record beside the key (outside the data dir) the last head it signed for `ledger`: a ledger cut
-        back to an older signed head, or deleted, is then caught without an outside copy. None forgets it."""
-        with (self.path.parent / (self.path.name + ".lock")).open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            heads = self._heads()
-            if index is None:
-                heads.pop(str(ledger.resolve()), None)
-                log.warning("starting a new ledger at %s, where the ledger key signed heads before", ledger)
-            else:
-                heads[str(ledger.resolve())] = {"index": index, "hash": head}
-            tmp = self._heads_path.with_name(self._heads_path.name + ".tmp")
-            tmp.write_text(json.dumps(heads, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, self._heads_path)
-
-    def remembered(self, ledger: Path) -> dict[str, Any] | None:
-        found = self._heads().get(str(ledger.resolve()))
-        return found if isinstance(found, dict) else None
-
-    def _heads(self) -> dict[str, Any]:
-        try:
-            heads = json.loads(self._heads_path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return heads if isinstance(heads, dict) else {}
-
-    def open(self, signed: dict[str, Any]) -> dict[str, Any]:
-        """The payload of a signed head, if this key signed it; LedgerError otherwise."""
-        from securesystemslib.dsse import Envelope
-        from securesystemslib.exceptions import VerificationError
-        from securesystemslib.signer import SSlibKey
-
-        try:
-            envelope = Envelope.from_dict(dict(signed))
-            public = SSlibKey.from_crypto(self.public(), keyid=key_id(self.public()))
-            envelope.verify([public], 1)
-            payload = json.loads(envelope.payload)
-        except (VerificationError, KeyError, TypeError, ValueError) as exc:
-            raise LedgerError("the head is not signed by this ledger's key") from exc
-        if envelope.payload_type != HEAD_PAYLOAD_TYPE or not isinstance(payload, dict):
-            raise LedgerError("the signed envelope is not a ledger head")
-        return payload
-
-
-def parse_expected_head(value: str) -> dict[str, Any]:
-    """A signed head as `rag ledger head` prints it, given as the JSON text or a file holding it."""
-    text = value
-    if not value.lstrip().startswith("{") and Path(value).is_file():
-        text = Path(value).read_text()
-    try:
-        parsed = json.loads(text)
-    except ValueError as exc:
-        raise LedgerError("--expect takes the signed head printed by `rag ledger head` (JSON or a file).") from exc
-    if not isinstance(parsed, dict):
-        raise LedgerError("--expect takes the signed head printed by `rag ledger head` (JSON or a file).")
-    return dict(parsed.get("signed", parsed))
 
 
 class Ledger:
@@ -265,7 +141,7 @@ class Ledger:
             log.warning("cutting ledger entries written before any head was signed: never acknowledged")
             self.path.unlink()
         if self.key is not None and not self.key.exists():
-            if self._read_head_file().get("signed"):
+            if self.read_head_file().get("signed"):
                 raise LedgerError(f"The ledger key {self.key.path} that signed the head is missing.")
             # First run (or a ledger from before heads were signed): make the key, sign the head as it is.
             self.key.create()
@@ -282,9 +158,9 @@ class Ledger:
     def _cut_unacknowledged(self) -> None:
         """Cut entries after a valid head: a kill between the append and the head left them unacknowledged
         (their chunks are then orphans, removed by reconcile), and nothing forged after the head survives."""
-        head = self._read_head_file()
+        head = self.read_head_file()
         index = head.get("index")
-        if not isinstance(index, int) or self._check_signature(head):
+        if not isinstance(index, int) or check_signature(self.key, head):
             return
         offset, kept = 0, 0
         with self.path.open("rb") as handle:
@@ -338,7 +214,8 @@ class Ledger:
         if self.key is not None:
             self.key.remember(self.path, next_index - 1, head)
 
-    def _read_head_file(self) -> dict[str, Any]:
+    def read_head_file(self) -> dict[str, Any]:
+        """The head record as on disk (index, hash and the signed envelope); empty if missing or unreadable."""
         try:
             head = json.loads(self.head_path.read_text())
         except (OSError, ValueError):
@@ -350,7 +227,7 @@ class Ledger:
 
     def read_head(self) -> str:
         """The head as on disk now (another process may have appended), from the head file."""
-        head = self._read_head_file().get("hash")
+        head = self.read_head_file().get("hash")
         if isinstance(head, str):
             return head
         self._tail = None
@@ -358,7 +235,7 @@ class Ledger:
 
     def signed_head(self) -> dict[str, Any]:
         """The signed head as on disk, for operators to keep elsewhere (`rag ledger head`)."""
-        signed = self._read_head_file().get("signed")
+        signed = self.read_head_file().get("signed")
         if not isinstance(signed, dict):
             raise LedgerError("The ledger has no signed head yet (nothing was ingested with a ledger key).")
         return signed
@@ -369,18 +246,36 @@ class Ledger:
         for entry in self.entries() if entries is None else entries:
             action = entry.get("action")
             if action in LIVE_ACTIONS:
-                docs[entry["doc_id"]] = LiveDocument(
-                    doc_id=entry["doc_id"],
-                    sha256=entry["sha256"],
-                    chunks=int(entry["chunks"]),
-                    chars=int(entry["chars"]),
-                    origin=entry["origin"],
-                    index=int(entry["index"]),
-                    entry=entry,
-                )
+                docs[entry["doc_id"]] = _as_live(entry)
             elif action in GONE_ACTIONS:
                 docs.pop(entry["doc_id"], None)
         return docs
+
+    def documents(self, *, include_withdrawn: bool = False) -> list[dict[str, Any]]:
+        """What the store holds, with provenance, as the ledger records it; optionally what was withdrawn."""
+        live = self.live()
+        views = [{**_document_view(doc), "status": "live"} for doc in live.values()]
+        if include_withdrawn:
+            admitted: dict[str, dict[str, Any]] = {}
+            last: dict[str, dict[str, Any]] = {}
+            for entry in self.entries():
+                if entry.get("action") in ("add", "replace"):
+                    admitted[entry["doc_id"]] = entry
+                if entry.get("action") in ("add", "replace", "remove", "withdraw"):
+                    last[entry["doc_id"]] = entry
+            for doc_id, entry in last.items():
+                if entry["action"] == "withdraw" and doc_id not in live and doc_id in admitted:
+                    view = _document_view(_as_live(admitted[doc_id]))
+                    views.append(
+                        {
+                            **view,
+                            "chunks": 0,
+                            "status": "withdrawn",
+                            "withdrawn_reason": entry.get("reason"),
+                            "withdrawn_at": entry.get("time"),
+                        }
+                    )
+        return sorted(views, key=lambda view: view["doc_id"])
 
     def verify(self, expect: dict[str, Any] | None = None) -> VerifyReport:
         """Check the chain, the head file and its signature; with `expect` (a signed head kept elsewhere),
@@ -401,7 +296,7 @@ class Ledger:
                 hashes.append(prev)
         except LedgerError as exc:
             problems.append(str(exc))
-        head = self._read_head_file()
+        head = self.read_head_file()
         if head:
             index = head.get("index")
             if not isinstance(index, int) or index >= count:
@@ -411,7 +306,7 @@ class Ledger:
             elif index < count - 1:
                 # A kill between the append and the head can leave these; the next ingest cuts them.
                 problems.append(f"{count - 1 - index} entries after the recorded head (unacknowledged)")
-            problems.extend(self._check_signature(head))
+            problems.extend(check_signature(self.key, head))
         elif self.head_path.exists():
             problems.append("the ledger head file is unreadable")
         elif count:
@@ -424,158 +319,44 @@ class Ledger:
             elif hashes[index] != remembered.get("hash"):
                 problems.append(f"entry {index + 1} differs from the head its key signed (rewritten)")
         if expect is not None:
-            problems.extend(self._check_extends(expect, hashes))
+            problems.extend(check_extends(self.key, expect, hashes))
         return VerifyReport(ok=not problems, entries=count, head=prev, problems=problems)
 
-    def _check_signature(self, head: dict[str, Any]) -> list[str]:
-        if self.key is None:
-            return []
-        signed = head.get("signed")
-        if not self.key.exists():
-            return [f"the ledger key {self.key.path} is missing, so the head cannot be checked"]
-        if not isinstance(signed, dict):
-            return ["the ledger head is not signed (rewritten by something without the ledger key?)"]
-        try:
-            payload = self.key.open(signed)
-        except LedgerError as exc:
-            return [str(exc)]
-        if payload.get("index") != head.get("index") or payload.get("hash") != head.get("hash"):
-            return ["the signed head does not match the head file (rewritten)"]
-        return []
 
-    def _check_extends(self, expect: dict[str, Any], hashes: list[str]) -> list[str]:
-        if self.key is None or not self.key.exists():
-            return ["the ledger key is missing, so the expected head's signature cannot be checked"]
-        try:
-            payload = self.key.open(expect)
-        except LedgerError as exc:
-            return [f"expected head: {exc}"]
-        index = payload.get("index")
-        if not isinstance(index, int) or index >= len(hashes):
-            return [f"the ledger has {len(hashes)} entries but the expected head is entry {index} (cut)"]
-        if hashes[index] != payload.get("hash"):
-            return [f"entry {index + 1} differs from the expected head (history rewritten)"]
-        return []
+def _as_live(entry: dict[str, Any]) -> LiveDocument:
+    return LiveDocument(
+        doc_id=entry["doc_id"],
+        sha256=entry["sha256"],
+        chunks=int(entry["chunks"]),
+        chars=int(entry["chars"]),
+        origin=entry["origin"],
+        index=int(entry["index"]),
+        entry=entry,
+    )
 
 
-def cross_check(live: dict[str, LiveDocument], store: VectorStore) -> list[str]:
-    """Compare the store with the ledger's commitments both ways; one line per kind of problem."""
-    committed = commitments(live)
-    problems: list[str] = []
-    legacy = sorted(doc.doc_id for doc in live.values() if doc.chunk_hashes is None)
-    if legacy:
-        problems.append(_named("live documents whose entry commits no chunk hashes (re-ingest them)", legacy))
-    stored = store.ids()
-    if stored and not live:
-        problems.append(f"the ledger has no live document but the store holds {len(stored)} chunks (ledger lost?)")
-    present = set(stored)
-    uncommitted = sorted(i for i in stored if i not in committed)
-    missing = sorted(i for i in committed if i not in present)
-    changed = sorted(c.id for c in store.get(sorted(present & committed.keys())) if not _matches(c, committed[c.id]))
-    if uncommitted:
-        problems.append(_named("chunks in the store that the ledger does not commit", uncommitted))
-    if missing:
-        problems.append(_named("committed chunks missing from the store", missing))
-    if changed:
-        problems.append(_named("chunks whose stored text differs from the committed hash", changed))
-    return problems
-
-
-def _matches(chunk: StoredChunk, commitment: Commitment) -> bool:
-    return text_sha256(chunk.text) == commitment.sha256
-
-
-def _named(what: str, ids: Sequence[str]) -> str:
-    shown = ", ".join(ids[:NAMED_AT_MOST])
-    more = f" and {len(ids) - NAMED_AT_MOST} more" if len(ids) > NAMED_AT_MOST else ""
-    return f"{len(ids)} {what}: {shown}{more}"
-
-
-class LedgerGate:
-    """What may be served now: the chunks the ledger's head commits to, from signers trusted now.
-
-    `follow()` reads the head file (a few microseconds) and reloads the commitments only when the head
-    moved, and the trust files only when they changed; `admits(chunk)` is a dict lookup and one sha256.
-    Anything that cannot be read or does not verify leaves nothing admitted (fail closed)."""
-
-    def __init__(self, ledger: Ledger, trust_paths: Sequence[Path]) -> None:
-        self.ledger = ledger
-        self.trust_paths = list(trust_paths)
-        self.head: str | None = None
-        self._committed: dict[str, Commitment] = {}
-        self._trust: TrustStore | None = None
-        self._trust_stamp: tuple[tuple[int, int, int] | None, ...] | None = None
-        self._lock = threading.Lock()
-
-    def follow(self) -> bool:
-        """Catch up with the ledger head and the trust files; returns whether the head moved."""
-        with self._lock:
-            self._follow_trust()
-            record = self.ledger._read_head_file()
-            head = record.get("hash") if record else self.ledger.read_head()
-            if head == self.head:
-                return False
-            self._committed = self._load(record)
-            self.head = head if isinstance(head, str) else None
-            return True
-
-    def _load(self, record: dict[str, Any]) -> dict[str, Commitment]:
-        index = record.get("index") if record else None
-        prev, entries = GENESIS, list[dict[str, Any]]()
-        try:
-            for entry in self.ledger.entries():
-                if entry.get("prev") != prev or entry_hash(entry) != entry.get("hash"):
-                    raise LedgerError(f"entry {len(entries) + 1} does not verify")
-                entries.append(entry)
-                prev = str(entry["hash"])
-                if index is not None and entry.get("index") == index:
-                    break
-        except (LedgerError, KeyError, TypeError, ValueError) as exc:
-            log.error("the ledger does not verify (%s): no passage will be served until it does", exc)
-            return {}
-        if record and prev != record.get("hash"):
-            log.error("the ledger does not reach its recorded head: no passage will be served until it does")
-            return {}
-        return commitments(self.ledger.live(entries))
-
-    def _follow_trust(self) -> None:
-        stamp = tuple(_stamp(path) for path in self.trust_paths)
-        if stamp == self._trust_stamp:
-            return
-        from ingest.provenance import TrustStore
-
-        try:
-            self._trust = TrustStore.load(*self.trust_paths)
-        except TrustStoreError as exc:
-            log.error("trust files unusable (%s): no passage will be served until they are fixed", exc)
-            self._trust = None
-        self._trust_stamp = stamp
-
-    def admits(self, chunk: StoredChunk) -> bool:
-        """True if the ledger commits this chunk id to this text and its signer is trusted now."""
-        commitment = self._committed.get(chunk.id)
-        why = None
-        if commitment is None:
-            why = "not committed by the ledger head"
-        elif text_sha256(chunk.text) != commitment.sha256:
-            why = "text does not hash to the committed chunk hash"
-        elif chunk.metadata.get("doc_id") != commitment.doc_id or (
-            chunk.metadata.get("signer_keyid", "") != commitment.signer_keyid
-        ):
-            why = "metadata differs from the ledger entry"
-        elif self._trust is None:
-            why = "the trust files are unusable"
-        else:
-            why = self._trust.usable(commitment.signer_keyid, datetime.now(UTC))
-        if why is not None:
-            log.warning("dropping chunk %s: %s", chunk.id, why)
-            return False
-        return True
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return info.st_mtime_ns, info.st_size, info.st_ino
+def _document_view(doc: LiveDocument) -> dict[str, Any]:
+    entry = doc.entry
+    keys = (
+        "title",
+        "authors",
+        "license",
+        "origin",
+        "source_uri",
+        "created",
+        "curator",
+        "reviewed_at",
+        "signer_name",
+        "signer_keyid",
+        "manifest_sha256",
+    )
+    view = {
+        "doc_id": doc.doc_id,
+        "sha256": doc.sha256,
+        "chunks": doc.chunks,
+        "chars": doc.chars,
+        "ledger_index": doc.index,
+        "ingested_at": entry.get("time"),
+    }
+    view.update({key: entry.get(key) for key in keys})
+    return view

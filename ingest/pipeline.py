@@ -1,5 +1,7 @@
 """Verified ingestion: verify → policy → synthetic-content checks → chunk → embed → store → ledger.
 
+What each document becomes is decided in `ingest.decisions`; this module writes it.
+
 Crash safety comes from ordering and from ids that name content. Chunk ids are
 `<doc_id>@<sha256[:16]>#<n>`; chunks are written before the ledger entry that makes them live and old
 versions are deleted after it. On start, `reconcile()` deletes every stored chunk that the ledger's
@@ -18,14 +20,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from ingest.chunking import Chunker
-from ingest.ledger import Ledger, LedgerKey, LiveDocument, chunk_id, commitments, parse_chunk_id, text_sha256
-from ingest.loaders import extract_text, is_document, is_markdown
-from ingest.provenance import TrustedKey, TrustStore, Verdict, revoke_key, utc_now, verify_document
+from ingest.commitments import commitments
+from ingest.decisions import ContentCheck, Decider, IngestReport, Pending, Withdraw, owner_of
+from ingest.ledger import Ledger, LiveDocument, chunk_id, parse_chunk_id, text_sha256
+from ingest.ledger_head import LedgerKey
+from ingest.loaders import is_document
+from ingest.provenance import Verdict
+from ingest.trust import TrustedKey, TrustStore, revoke_key, utc_now
 from rag.errors import InvalidInputError, LedgerError, NotFoundError
 from rag.protocols import Embedder, VectorStore
 from rag.settings import Settings
@@ -33,73 +37,7 @@ from rag.types import Chunk
 
 T = TypeVar("T")
 
-
-class ContentCheck(Protocol):
-    """A synthetic-content check run on verified text; returns (reason, detail) to refuse it."""
-
-    def check(self, text: str) -> tuple[str, str] | None: ...
-
-
-__all__ = ["ContentCheck", "IngestReport", "Ingestor", "chunk_id", "discover", "in_background", "parse_chunk_id"]
-
-
-@dataclass
-class IngestReport:
-    accepted: list[dict[str, Any]] = field(default_factory=list)
-    replaced: list[dict[str, Any]] = field(default_factory=list)
-    unchanged: list[dict[str, Any]] = field(default_factory=list)
-    duplicates: list[dict[str, Any]] = field(default_factory=list)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    withdrawn: list[dict[str, Any]] = field(default_factory=list)
-    chunks: int = 0
-    seconds: float = 0.0
-    repaired_chunks: int = 0
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.rejected else 0
-
-    def rejected_by_reason(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for item in self.rejected:
-            counts[item["reason"]] = counts.get(item["reason"], 0) + 1
-        return dict(sorted(counts.items()))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "accepted": len(self.accepted),
-            "replaced": len(self.replaced),
-            "skipped_unchanged": len(self.unchanged),
-            "skipped_duplicate": len(self.duplicates),
-            "rejected": len(self.rejected),
-            "rejected_by_reason": self.rejected_by_reason(),
-            "withdrawn": len(self.withdrawn),
-            "chunks": self.chunks,
-            "seconds": round(self.seconds, 3),
-            "chunks_per_s": round(self.chunks / self.seconds, 2) if self.seconds > 0 else 0.0,
-            "repaired_chunks": self.repaired_chunks,
-            "rejections": self.rejected,
-            "withdrawals": self.withdrawn,
-        }
-
-
-@dataclass
-class _Pending:
-    verdict: Verdict
-    action: str
-    chunks: list[Chunk]
-    previous: LiveDocument | None
-    notes: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class _Withdraw:
-    """A live document taken out: its signer was revoked, or its owner's new manifest is refused."""
-
-    doc: LiveDocument
-    reason: str
-    detail: str
-    refused: Verdict | None = None
+__all__ = ["Ingestor", "chunk_id", "discover", "in_background", "parse_chunk_id"]
 
 
 def discover(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
@@ -136,10 +74,9 @@ class Ingestor:
         # Read-only uses (verify, documents) need neither a store nor an embedder.
         self._store = store
         self._embedder = embedder
-        self.trust = trust or TrustStore.load(settings.trust_path, settings.local_trust_path)
-        self.checks = list(checks)
+        trust = trust or TrustStore.load(settings.trust_path, settings.local_trust_path)
+        self.decider = Decider(settings.ingest, trust, checks)
         self.ledger = Ledger(settings.ledger_path, LedgerKey(settings.ledger_key_path))
-        self.chunker = Chunker(settings.ingest.chunk_size, settings.ingest.chunk_overlap)
         self.on_change = on_change
 
     @property
@@ -185,17 +122,7 @@ class Ingestor:
 
     def verify(self, paths: Sequence[Path]) -> list[Verdict]:
         """Verify without writing anything (signature, digest, subject and origin policy)."""
-        live = self.ledger.live()
-        verdicts = []
-        for document, root in discover(paths):
-            verdict = self._verify_one(document, root)
-            owner = _owner(live.get(verdict.doc_id))
-            if verdict.ok and owner is not None and owner != verdict.signer_keyid:
-                verdict = _refuse(verdict, "signer_changed", _signer_changed_detail(live.get(verdict.doc_id)))
-            if verdict.ok:
-                verdict = self._policy(verdict, live, {}) or verdict
-            verdicts.append(verdict)
-        return verdicts
+        return self.decider.verify(discover(paths), self.ledger.live())
 
     def ingest(
         self,
@@ -222,73 +149,21 @@ class Ingestor:
             live = self.ledger.live()
             report.repaired_chunks = self._reconcile(live)
             # Before any decision, so a new owner's version of a withdrawn document is an ordinary add.
-            self._withdraw(self._revoked(live), live, report)
-            rejects: list[dict[str, Any]] = []
-            withdrawals: list[_Withdraw] = []
-            batches = self._prepare(documents, live, report, rejects, progress, withdrawals, allow_signer_change)
+            self._withdraw(self.decider.revoked(live), live, report)
+            rejects: list[Verdict] = []
+            withdrawals: list[Withdraw] = []
+            batches = self.decider.prepare(
+                documents, live, report, rejects, progress, withdrawals, self._last_rejections(), allow_signer_change
+            )
             for batch in in_background(batches) if self.settings.ingest.prepare_ahead else batches:
                 self._flush(batch)
             self._withdraw(withdrawals, live, report)
-            self.ledger.append_many(rejects)
+            self.ledger.append_many([_reject_record(refused) for refused in rejects])
             self._write_quarantine(report)
         if self.on_change and (report.accepted or report.replaced or report.withdrawn or report.repaired_chunks):
             self.on_change()
         report.seconds = time.perf_counter() - started
         return report
-
-    def _prepare(
-        self,
-        documents: list[tuple[Path, Path]],
-        live: dict[str, LiveDocument],
-        report: IngestReport,
-        rejects: list[dict[str, Any]],
-        progress: Callable[[int], None] | None,
-        withdrawals: list[_Withdraw],
-        allow_signer_change: bool = False,
-    ) -> Iterator[list[_Pending]]:
-        """Decide every document in order; yield the admitted ones in batches of ~flush_chunks chunks."""
-        last_reject = self._last_rejections()
-        by_sha = {doc.sha256: doc.doc_id for doc in live.values()}
-        totals = _origin_totals(live)
-        pending: list[_Pending] = []
-        size = 0
-        for document, root in documents:
-            verdict = self._verify_one(document, root)
-            outcome = self._decide(verdict, live, by_sha, totals, allow_signer_change=allow_signer_change)
-            if isinstance(outcome, _Withdraw):
-                # Applied after the batches are written; until then it no longer counts as live.
-                withdrawals.append(outcome)
-                live.pop(verdict.doc_id, None)
-                if by_sha.get(outcome.doc.sha256) == verdict.doc_id:
-                    del by_sha[outcome.doc.sha256]
-                _drop_totals(totals, outcome.doc)
-                assert outcome.refused is not None
-                report.rejected.append({**outcome.refused.as_dict(), "time": utc_now()})
-            elif isinstance(outcome, _Pending):
-                pending.append(outcome)
-                size += len(outcome.chunks)
-                live[verdict.doc_id] = _placeholder(verdict, outcome)
-                by_sha[verdict.sha256 or ""] = verdict.doc_id
-                _add_totals(totals, outcome.previous, verdict)
-                (report.replaced if outcome.action == "replace" else report.accepted).append(_summary(verdict))
-                report.chunks += len(outcome.chunks)
-            elif outcome == "unchanged":
-                report.unchanged.append(_summary(verdict))
-            elif outcome == "duplicate":
-                report.duplicates.append({**_summary(verdict), "duplicate_of": by_sha.get(verdict.sha256 or "")})
-            else:
-                refused = outcome if isinstance(outcome, Verdict) else verdict
-                report.rejected.append({**refused.as_dict(), "time": utc_now()})
-                if last_reject.get(refused.doc_id) != (refused.sha256, refused.reason):
-                    rejects.append(_reject_record(refused))
-                    last_reject[refused.doc_id] = (refused.sha256, refused.reason)
-            if size >= self.settings.ingest.flush_chunks:
-                yield pending
-                pending, size = [], 0
-            if progress:
-                progress(1)
-        if pending:
-            yield pending
 
     def remove(self, doc_id: str) -> LiveDocument:
         """Remove a document: the ledger records it first, then its chunks are deleted."""
@@ -313,7 +188,7 @@ class Ingestor:
         """
         with self._locked():
             in_file = TrustStore.load(trust_file)
-            entry = TrustStore({**self.trust.keys, **in_file.keys}).resolve(keyid)
+            entry = TrustStore({**self.decider.trust.keys, **in_file.keys}).resolve(keyid)
             already = in_file.get(entry.keyid)
             if already is not None and already.revoked:
                 return already, False
@@ -328,34 +203,12 @@ class Ingestor:
                     "revoked_at": revoked.revoked_at,
                 }
             )
-        self.trust = TrustStore({**self.trust.keys, revoked.keyid: revoked})
+        self.decider.trust = TrustStore({**self.decider.trust.keys, revoked.keyid: revoked})
         return revoked, True
 
     def documents(self, *, include_withdrawn: bool = False) -> list[dict[str, Any]]:
         """What the store holds, with provenance, as the ledger records it; optionally what was withdrawn."""
-        live = self.ledger.live()
-        views = [{**_document_view(doc), "status": "live"} for doc in live.values()]
-        if include_withdrawn:
-            admitted: dict[str, dict[str, Any]] = {}
-            last: dict[str, dict[str, Any]] = {}
-            for entry in self.ledger.entries():
-                if entry.get("action") in ("add", "replace"):
-                    admitted[entry["doc_id"]] = entry
-                if entry.get("action") in ("add", "replace", "remove", "withdraw"):
-                    last[entry["doc_id"]] = entry
-            for doc_id, entry in last.items():
-                if entry["action"] == "withdraw" and doc_id not in live and doc_id in admitted:
-                    view = _document_view(_as_live(admitted[doc_id]))
-                    views.append(
-                        {
-                            **view,
-                            "chunks": 0,
-                            "status": "withdrawn",
-                            "withdrawn_reason": entry.get("reason"),
-                            "withdrawn_at": entry.get("time"),
-                        }
-                    )
-        return sorted(views, key=lambda view: view["doc_id"])
+        return self.ledger.documents(include_withdrawn=include_withdrawn)
 
     def reconcile(self) -> int:
         with self._locked():
@@ -364,85 +217,7 @@ class Ingestor:
 
     # --- steps -----------------------------------------------------------------------------
 
-    def _verify_one(self, document: Path, root: Path) -> Verdict:
-        return verify_document(document, root, self.trust, max_bytes=self.settings.ingest.max_document_bytes)
-
-    def _decide(
-        self,
-        verdict: Verdict,
-        live: dict[str, LiveDocument],
-        by_sha: dict[str, str],
-        totals: dict[str, int],
-        *,
-        allow_signer_change: bool = False,
-    ) -> _Pending | _Withdraw | Verdict | str:
-        """What to do with one verified document: pending write, withdrawal, refusal or a skip."""
-        if not verdict.ok:
-            return verdict
-        current = live.get(verdict.doc_id)
-        owner = _owner(current)
-        changed_signer = owner is not None and owner != verdict.signer_keyid
-        if changed_signer and not allow_signer_change:
-            return _refuse(verdict, "signer_changed", _signer_changed_detail(current))
-        if (
-            current is not None
-            and current.sha256 == verdict.sha256
-            and current.entry.get("manifest_sha256") == verdict.manifest_sha256
-        ):
-            return "unchanged"
-        if verdict.sha256 in by_sha and by_sha[verdict.sha256 or ""] != verdict.doc_id:
-            return "duplicate"
-        # A new manifest for the same text is a new decision: the policy runs again on what it claims.
-        refused = self._policy(verdict, live, totals)
-        if refused is not None:
-            if current is not None and current.sha256 == verdict.sha256:
-                # The owner now says something the policy refuses about this very text: it goes.
-                return _Withdraw(current, str(refused.reason), refused.detail, refused)
-            return refused
-        notes = {"signer_change": {"from": owner, "to": verdict.signer_keyid}} if changed_signer else {}
-        return _Pending(
-            verdict=verdict,
-            action="replace" if current is not None else "add",
-            chunks=self._chunks(verdict),
-            previous=current,
-            notes=notes,
-        )
-
-    def _policy(self, verdict: Verdict, live: dict[str, LiveDocument], totals: dict[str, int]) -> Verdict | None:
-        assert verdict.predicate is not None and verdict.text is not None
-        origin = verdict.predicate.origin
-        policy = self.settings.ingest
-        if origin not in policy.allowed_origins or origin == "ai-generated":
-            return _refuse(verdict, "disallowed_origin", f"origin {origin!r} is not admitted by the policy")
-        for check in self.checks:
-            found = check.check(verdict.text)
-            if found is not None:
-                return _refuse(verdict, found[0], found[1])
-        if origin != "human":
-            totals = totals or _origin_totals(live)
-            previous = live.get(verdict.doc_id)
-            human = totals["human"] - (previous.chars if previous and previous.origin == "human" else 0)
-            total = totals["all"] - (previous.chars if previous else 0) + len(verdict.text)
-            share = human / total if total else 0.0
-            if share < policy.human_floor:
-                return _refuse(
-                    verdict,
-                    "human_floor",
-                    f"human share would fall to {share:.3f}, under the floor {policy.human_floor}",
-                )
-        return None
-
-    def _revoked(self, live: dict[str, LiveDocument]) -> list[_Withdraw]:
-        """Live documents whose signer is revoked in the trust store this run uses."""
-        found = []
-        for doc in live.values():
-            entry = self.trust.get(_owner(doc) or "")
-            if entry is not None and entry.revoked:
-                why = f": {entry.revoked_reason}" if entry.revoked_reason else ""
-                found.append(_Withdraw(doc, "revoked_signer", f"key of {entry.name} was revoked{why}"))
-        return found
-
-    def _withdraw(self, items: list[_Withdraw], live: dict[str, LiveDocument], report: IngestReport) -> None:
+    def _withdraw(self, items: list[Withdraw], live: dict[str, LiveDocument], report: IngestReport) -> None:
         """Record each withdrawal in the ledger, then delete its chunks (the ledger entry comes first)."""
         for item in items:
             doc = item.doc
@@ -452,7 +227,7 @@ class Ingestor:
                 "sha256": doc.sha256,
                 "reason": item.reason,
                 "detail": item.detail,
-                "signer_keyid": _owner(doc),
+                "signer_keyid": owner_of(doc),
             }
             if item.refused is not None:
                 record["manifest_sha256"] = item.refused.manifest_sha256
@@ -462,38 +237,7 @@ class Ingestor:
             live.pop(doc.doc_id, None)
             report.withdrawn.append({"doc_id": doc.doc_id, "sha256": doc.sha256, "reason": item.reason})
 
-    def _chunks(self, verdict: Verdict) -> list[Chunk]:
-        assert verdict.predicate is not None and verdict.text is not None and verdict.sha256 is not None
-        path = Path(verdict.path)
-        pieces = self.chunker.split(extract_text(path, verdict.text), markdown=is_markdown(path))
-        predicate = verdict.predicate
-        base: dict[str, Any] = {
-            "doc_id": verdict.doc_id,
-            "path": verdict.doc_id,
-            "title": predicate.title,
-            "authors": "; ".join(predicate.authors),
-            "license": predicate.license,
-            "origin": predicate.origin,
-            "signer_keyid": verdict.signer_keyid or "",
-            "signer_name": verdict.signer_name or "",
-            "doc_sha256": verdict.sha256,
-            "manifest_sha256": verdict.manifest_sha256 or "",
-            "source_uri": predicate.source_uri or "",
-        }
-        return [
-            Chunk(
-                id=chunk_id(verdict.doc_id, verdict.sha256, i),
-                doc_id=verdict.doc_id,
-                index=i,
-                text=piece.text,
-                sha256=piece.sha256,
-                heading_path=piece.heading_path,
-                metadata={**base, "chunk_index": i, "chunk_sha256": piece.sha256, "heading_path": piece.heading_path},
-            )
-            for i, piece in enumerate(pieces)
-        ]
-
-    def _flush(self, pending: list[_Pending]) -> None:
+    def _flush(self, pending: list[Pending]) -> None:
         if not pending:
             return
         next_index, _ = self.ledger.tail()
@@ -597,64 +341,7 @@ def in_background(items: Iterator[T], depth: int = 1) -> Iterator[T]:
         thread.join()
 
 
-def _refuse(verdict: Verdict, reason: str, detail: str) -> Verdict:
-    return Verdict(**{**verdict.__dict__, "ok": False, "reason": reason, "detail": detail})
-
-
-def _origin_totals(live: dict[str, LiveDocument]) -> dict[str, int]:
-    totals = {"human": 0, "all": 0}
-    for doc in live.values():
-        totals["all"] += doc.chars
-        if doc.origin == "human":
-            totals["human"] += doc.chars
-    return totals
-
-
-def _drop_totals(totals: dict[str, int], previous: LiveDocument) -> None:
-    totals["all"] -= previous.chars
-    if previous.origin == "human":
-        totals["human"] -= previous.chars
-
-
-def _add_totals(totals: dict[str, int], previous: LiveDocument | None, verdict: Verdict) -> None:
-    assert verdict.text is not None and verdict.predicate is not None
-    if previous is not None:
-        _drop_totals(totals, previous)
-    totals["all"] += len(verdict.text)
-    if verdict.predicate.origin == "human":
-        totals["human"] += len(verdict.text)
-
-
-def _owner(doc: LiveDocument | None) -> str | None:
-    """The key id a live document was admitted under (None for one decided earlier in this run)."""
-    return (doc.entry.get("signer_keyid") or None) if doc is not None else None
-
-
-def _signer_changed_detail(doc: LiveDocument | None) -> str:
-    assert doc is not None
-    name = doc.entry.get("signer_name") or "another signer"
-    owner = _owner(doc) or ""
-    return f"admitted under {name} (key {owner[:16]}…); pass --allow-signer-change to let another signer replace it"
-
-
-def _placeholder(verdict: Verdict, pending: _Pending) -> LiveDocument:
-    assert verdict.text is not None and verdict.predicate is not None and verdict.sha256 is not None
-    return LiveDocument(
-        doc_id=verdict.doc_id,
-        sha256=verdict.sha256,
-        chunks=len(pending.chunks),
-        chars=len(verdict.text),
-        origin=verdict.predicate.origin,
-        index=-1,
-        entry={"signer_keyid": verdict.signer_keyid, "manifest_sha256": verdict.manifest_sha256},
-    )
-
-
-def _summary(verdict: Verdict) -> dict[str, Any]:
-    return {"path": verdict.path, "doc_id": verdict.doc_id, "sha256": verdict.sha256}
-
-
-def _live_record(item: _Pending) -> dict[str, Any]:
+def _live_record(item: Pending) -> dict[str, Any]:
     verdict = item.verdict
     assert verdict.predicate is not None and verdict.text is not None
     predicate = verdict.predicate
@@ -691,42 +378,3 @@ def _reject_record(verdict: Verdict) -> dict[str, Any]:
         "detail": verdict.detail,
         "signer_keyid": verdict.signer_keyid,
     }
-
-
-def _as_live(entry: dict[str, Any]) -> LiveDocument:
-    return LiveDocument(
-        doc_id=entry["doc_id"],
-        sha256=entry["sha256"],
-        chunks=int(entry["chunks"]),
-        chars=int(entry["chars"]),
-        origin=entry["origin"],
-        index=int(entry["index"]),
-        entry=entry,
-    )
-
-
-def _document_view(doc: LiveDocument) -> dict[str, Any]:
-    entry = doc.entry
-    keys = (
-        "title",
-        "authors",
-        "license",
-        "origin",
-        "source_uri",
-        "created",
-        "curator",
-        "reviewed_at",
-        "signer_name",
-        "signer_keyid",
-        "manifest_sha256",
-    )
-    view = {
-        "doc_id": doc.doc_id,
-        "sha256": doc.sha256,
-        "chunks": doc.chunks,
-        "chars": doc.chars,
-        "ledger_index": doc.index,
-        "ingested_at": entry.get("time"),
-    }
-    view.update({key: entry.get(key) for key in keys})
-    return view

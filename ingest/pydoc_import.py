@@ -11,7 +11,8 @@ import re
 import sys
 from pathlib import Path
 
-from ingest.provenance import load_private_key, manifest_path, sign_document
+from ingest.provenance import manifest_path, sign_document
+from ingest.trust import load_private_key
 
 AUTHORS = ["Python documentation authors"]
 LICENSE = "PSF-2.0"

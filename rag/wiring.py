@@ -12,9 +12,10 @@ from rag.settings import Settings
 from rag.stores import ChromaStore
 
 if TYPE_CHECKING:
-    from ingest.ledger import LedgerGate
-    from ingest.pipeline import ContentCheck, Ingestor
-    from ingest.provenance import TrustStore
+    from ingest.commitments import LedgerGate
+    from ingest.decisions import ContentCheck
+    from ingest.pipeline import Ingestor
+    from ingest.trust import TrustStore
     from rag.answering import AnswerService
     from rag.grounding import GroundednessChecker
 
@@ -138,7 +139,8 @@ def build_answer_service(
 
 def build_gate(settings: Settings) -> LedgerGate:
     """What the answer path may serve: the ledger head's chunk commitments and the signers trusted now."""
-    from ingest.ledger import Ledger, LedgerGate
+    from ingest.commitments import LedgerGate
+    from ingest.ledger import Ledger
 
     return LedgerGate(Ledger(settings.ledger_path), (settings.trust_path, settings.local_trust_path))
 

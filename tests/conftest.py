@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.provenance import add_trusted_key, load_private_key, sign_document, write_key_pair
+from ingest.provenance import sign_document
+from ingest.trust import add_trusted_key, load_private_key, write_key_pair
 from rag.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

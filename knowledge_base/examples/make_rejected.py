@@ -14,7 +14,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from ingest.provenance import add_trusted_key, read_trust_file, sign_document, write_key_pair
+from ingest.provenance import sign_document
+from ingest.trust import add_trusted_key, read_trust_file, write_key_pair
 
 HERE = Path(__file__).parent / "rejected"
 TRUST = Path(__file__).parents[1] / "trust.json"
@@ -35,7 +36,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         demo_key, demo_public = write_key_pair("demo", Path(tmp))
         stranger_key, _ = write_key_pair("stranger", Path(tmp))
-        from ingest.provenance import load_private_key
+        from ingest.trust import load_private_key
 
         demo, stranger = load_private_key(demo_key), load_private_key(stranger_key)
         for name, text in TEXTS.items():

@@ -180,7 +180,7 @@ def run_counterfactual(
     Skipped questions (no substitute, no occurrence, an edit the ingest policy refused) are recorded
     with `status: skipped` and a `reason`, and do not count towards `n`.
     """
-    from ingest.provenance import load_private_key
+    from ingest.trust import load_private_key
     from rag.wiring import build_ingestor
 
     ingestor = ingestor or build_ingestor(eval_settings)

@@ -77,7 +77,8 @@ def write_signed_passages(
 
     Returns (corpus dir, trust store).
     """
-    from ingest.provenance import add_trusted_key, load_private_key, sign_document, write_key_pair
+    from ingest.provenance import sign_document
+    from ingest.trust import add_trusted_key, load_private_key, write_key_pair
 
     corpus = root / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)

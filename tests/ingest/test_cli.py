@@ -64,7 +64,8 @@ def test_bad_input_gives_code_and_sentence(tmp_path: Path) -> None:
 
 
 def test_ledger_verify_fails_on_tamper(tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
-    from ingest.ledger import Ledger, LedgerKey
+    from ingest.ledger import Ledger
+    from ingest.ledger_head import LedgerKey
 
     ledger = Ledger(settings.ledger_path, LedgerKey(settings.ledger_key_path))  # heads are signed
     for i in range(3):

@@ -12,7 +12,8 @@ import pytest
 from chromadb.api.shared_system_client import SharedSystemClient
 from typer.testing import CliRunner
 
-from ingest.ledger import Ledger, LedgerKey, parse_expected_head
+from ingest.ledger import Ledger
+from ingest.ledger_head import LedgerKey, parse_expected_head
 from ingest.pipeline import Ingestor
 from rag.cli import app
 from rag.errors import LedgerError

@@ -13,7 +13,8 @@ import pytest
 
 from ingest.ledger import Ledger
 from ingest.pipeline import Ingestor
-from ingest.provenance import TrustStore, read_trust_file, verify_document
+from ingest.provenance import verify_document
+from ingest.trust import TrustStore, read_trust_file
 from rag.errors import TrustStoreError
 from rag.settings import Settings
 from tests.conftest import REPO, Curator, pydoc_text
@@ -221,7 +222,7 @@ def test_revoking_an_unknown_key_is_one_coded_line(settings: Settings, curator: 
 
 
 def test_a_revoked_key_is_not_trusted_again_by_keys_new(settings: Settings, curator: Curator) -> None:
-    from ingest.provenance import add_trusted_key
+    from ingest.trust import add_trusted_key
 
     Ingestor(settings, None, None).revoke(curator.entry.keyid, settings.trust_path)
     with pytest.raises(TrustStoreError):

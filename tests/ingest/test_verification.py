@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 
 from ingest.pipeline import Ingestor
-from ingest.provenance import (
-    TrustStore,
-    manifest_path,
-    read_trust_file,
-    text_digest,
-    verify_document,
-    write_key_pair,
-)
+from ingest.provenance import manifest_path, text_digest, verify_document
+from ingest.trust import TrustStore, read_trust_file, write_key_pair
 from rag.settings import Settings
 from tests.conftest import Curator, pydoc_text
 from tests.fakes import FakeEmbedder, InMemoryStore

@@ -1,0 +1,156 @@
+"""The ledger's signed head: the ledger key, the DSSE envelope over {index, hash}, and the heads it signed.
+
+The key lives outside the data dir (a setting). Beside it, `.heads.json` records the last head it signed
+for each ledger, so a ledger cut back to an older signed head, or deleted, is caught without an outside
+copy; a head kept elsewhere by the operator (`rag ledger head`) is checked with `check_extends`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import rfc8785
+
+from ingest.trust import key_id, load_private_key, utc_now, write_key_pair
+from rag.errors import LedgerError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+log = logging.getLogger(__name__)
+
+HEAD_PAYLOAD_TYPE = "application/vnd.provenance-first-rag.ledger-head+json"
+
+
+class LedgerKey:
+    """The Ed25519 key that signs the ledger head; it lives outside the data dir (a setting)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._private: Ed25519PrivateKey | None = None
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def create(self) -> None:
+        write_key_pair(self.path.stem, self.path.parent)
+        log.warning("made a new ledger key at %s: keep it outside the data dir, and back it up", self.path)
+
+    def private(self) -> Ed25519PrivateKey:
+        if self._private is None:
+            self._private = load_private_key(self.path)
+        return self._private
+
+    def public(self) -> Ed25519PublicKey:
+        return self.private().public_key()
+
+    def sign(self, index: int, head: str) -> dict[str, Any]:
+        """A DSSE envelope over {ledger head index, hash, time}."""
+        from securesystemslib.dsse import Envelope
+        from securesystemslib.signer import CryptoSigner, SSlibKey
+
+        payload: dict[str, Any] = {"index": index, "hash": head, "entries": index + 1, "signed_at": utc_now()}
+        public = SSlibKey.from_crypto(self.public(), keyid=key_id(self.public()))
+        envelope = Envelope(rfc8785.dumps(payload), HEAD_PAYLOAD_TYPE, {})
+        envelope.sign(CryptoSigner(self.private(), public))
+        return dict(envelope.to_dict())
+
+    @property
+    def _heads_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".heads.json")
+
+    def remember(self, ledger: Path, index: int | None, head: str | None) -> None:
+        """Record beside the key (outside the data dir) the last head it signed for `ledger`: a ledger cut
+        back to an older signed head, or deleted, is then caught without an outside copy. None forgets it."""
+        with (self.path.parent / (self.path.name + ".lock")).open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            heads = self._heads()
+            if index is None:
+                heads.pop(str(ledger.resolve()), None)
+                log.warning("starting a new ledger at %s, where the ledger key signed heads before", ledger)
+            else:
+                heads[str(ledger.resolve())] = {"index": index, "hash": head}
+            tmp = self._heads_path.with_name(self._heads_path.name + ".tmp")
+            tmp.write_text(json.dumps(heads, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, self._heads_path)
+
+    def remembered(self, ledger: Path) -> dict[str, Any] | None:
+        found = self._heads().get(str(ledger.resolve()))
+        return found if isinstance(found, dict) else None
+
+    def _heads(self) -> dict[str, Any]:
+        try:
+            heads = json.loads(self._heads_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return heads if isinstance(heads, dict) else {}
+
+    def open(self, signed: dict[str, Any]) -> dict[str, Any]:
+        """The payload of a signed head, if this key signed it; LedgerError otherwise."""
+        from securesystemslib.dsse import Envelope
+        from securesystemslib.exceptions import VerificationError
+        from securesystemslib.signer import SSlibKey
+
+        try:
+            envelope = Envelope.from_dict(dict(signed))
+            public = SSlibKey.from_crypto(self.public(), keyid=key_id(self.public()))
+            envelope.verify([public], 1)
+            payload = json.loads(envelope.payload)
+        except (VerificationError, KeyError, TypeError, ValueError) as exc:
+            raise LedgerError("the head is not signed by this ledger's key") from exc
+        if envelope.payload_type != HEAD_PAYLOAD_TYPE or not isinstance(payload, dict):
+            raise LedgerError("the signed envelope is not a ledger head")
+        return payload
+
+
+def parse_expected_head(value: str) -> dict[str, Any]:
+    """A signed head as `rag ledger head` prints it, given as the JSON text or a file holding it."""
+    text = value
+    if not value.lstrip().startswith("{") and Path(value).is_file():
+        text = Path(value).read_text()
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise LedgerError("--expect takes the signed head printed by `rag ledger head` (JSON or a file).") from exc
+    if not isinstance(parsed, dict):
+        raise LedgerError("--expect takes the signed head printed by `rag ledger head` (JSON or a file).")
+    return dict(parsed.get("signed", parsed))
+
+
+def check_signature(key: LedgerKey | None, head: dict[str, Any]) -> list[str]:
+    """Problems with the signature of a head record (none without a ledger key to check it)."""
+    if key is None:
+        return []
+    signed = head.get("signed")
+    if not key.exists():
+        return [f"the ledger key {key.path} is missing, so the head cannot be checked"]
+    if not isinstance(signed, dict):
+        return ["the ledger head is not signed (rewritten by something without the ledger key?)"]
+    try:
+        payload = key.open(signed)
+    except LedgerError as exc:
+        return [str(exc)]
+    if payload.get("index") != head.get("index") or payload.get("hash") != head.get("hash"):
+        return ["the signed head does not match the head file (rewritten)"]
+    return []
+
+
+def check_extends(key: LedgerKey | None, expect: dict[str, Any], hashes: list[str]) -> list[str]:
+    """Problems if the chain `hashes` does not extend `expect`, a signed head kept elsewhere."""
+    if key is None or not key.exists():
+        return ["the ledger key is missing, so the expected head's signature cannot be checked"]
+    try:
+        payload = key.open(expect)
+    except LedgerError as exc:
+        return [f"expected head: {exc}"]
+    index = payload.get("index")
+    if not isinstance(index, int) or index >= len(hashes):
+        return [f"the ledger has {len(hashes)} entries but the expected head is entry {index} (cut)"]
+    if hashes[index] != payload.get("hash"):
+        return [f"entry {index + 1} differs from the expected head (history rewritten)"]
+    return []
