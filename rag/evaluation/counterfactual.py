@@ -19,7 +19,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -88,7 +88,9 @@ def _contains(text: str, answer: str) -> bool:
     return bool(contains_answer(text, answer))
 
 
-def pick_substitute(question: Question, pool: Iterable[str], rng: random.Random, *, passage: str = "") -> str | None:
+def pick_substitute(
+    question: Question, pool: Iterable[str], rng: random.Random, *, passage: str = "", kind: str | None = None
+) -> str | None:
     """A seeded pick among other answers of the same kind as the question's first gold answer.
 
     Never one of the question's gold answers (SQuAD normalisation), never overlapping one (either
@@ -96,7 +98,7 @@ def pick_substitute(question: Question, pool: Iterable[str], rng: random.Random,
     particular kind takes another `other` answer, or any answer when there is none.
     """
     golds = [normalize_answer(a) for a in question.answers if normalize_answer(a)]
-    kind = answer_kind(question.answers[0])
+    kind = kind or answer_kind(question.answers[0])
 
     def allowed(candidate: str) -> bool:
         normal = normalize_answer(candidate)
@@ -135,11 +137,56 @@ def rewrite_passage(passage: str, answers: Sequence[str], substitute: str) -> tu
     return pattern.subn(replace, passage)
 
 
+_NUMBER_TOKEN = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?![\w,])|(?<![\w.,])\d+(?:\.\d+)?(?![\w,])")
+_YEAR_TOKEN = re.compile(r"(?<!\d)(1\d{3}|20\d{2})(?!\d)")
+
+
+def change_number(answer: str, kind: str, rng: random.Random) -> str | None:
+    """The answer with its year (dates) or its first number changed to another plausible value.
+
+    "more than 48 hours" becomes "more than 31 hours", "March 1895" "March 1923": a changed fact of the
+    same shape, not an unrelated answer pasted in (which a reader would not take for the answer)."""
+    if kind == "date" and (year := _YEAR_TOKEN.search(answer)):
+        value = int(year.group(1))
+        new = value + rng.choice([-1, 1]) * rng.randint(3, 40)
+        return answer[: year.start()] + str(new) + answer[year.end() :]
+    match = _NUMBER_TOKEN.search(answer)
+    if match is None:
+        return None
+    token = match.group(0)
+    number = int(float(token.replace(",", "")))
+    new_value = rng.randint(max(1, number // 2), number * 2 + 3)
+    if new_value == number:
+        new_value += 1
+    text = f"{new_value:,}" if "," in token else str(new_value)
+    return answer[: match.start()] + text + answer[match.end() :]
+
+
+def _is_name_in(answer: str, passage: str) -> bool:
+    """A one-word capitalised answer is a name only if the passage capitalises it mid-sentence too."""
+    words = answer.split()
+    if len(words) != 1:
+        return True
+    return bool(re.search(rf"(?<![.!?]\s)(?<!^)\b{re.escape(words[0])}\b", passage))
+
+
 def plan_edit(question: Question, passage: str, pool: Iterable[str], seed: int) -> dict[str, Any]:
-    """The edit for one question: substitute and rewritten passage, or the reason it is skipped."""
+    """The edit for one question: substitute and rewritten passage, or the reason it is skipped.
+
+    Dates and answers holding a number get the number changed in place; names and other answers take
+    another question's answer of the same kind."""
     rng = random.Random(f"{seed}:{question.id}")
-    kind = answer_kind(question.answers[0])
-    substitute = pick_substitute(question, pool, rng, passage=passage)
+    gold = question.answers[0]
+    kind = answer_kind(gold)
+    if kind == "name" and not _is_name_in(gold, passage):
+        kind = "other"  # "Light" at the start of a sentence is a word, not a name
+    substitute = None
+    if kind == "date" or _NUMBER_TOKEN.search(gold):
+        substitute = change_number(gold, kind, rng)
+        if substitute is not None and kind == "other":
+            kind = "number"
+    if substitute is None or _contains(passage, substitute):
+        substitute = pick_substitute(question, pool, rng, passage=passage, kind=kind)
     if substitute is None:
         return {"kind": kind, "skipped": "no_substitute"}
     edited, count = rewrite_passage(passage, question.answers, substitute)
@@ -171,6 +218,7 @@ def run_counterfactual(
     curator: str = "eval-curator",
     ingestor: Ingestor | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    prefer: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """Edit, ask, remove, ask, restore for up to `n` of `questions`; returns one record per question tried.
 
@@ -191,6 +239,10 @@ def run_counterfactual(
     pool = sorted({a for q in data.questions for a in q.answers})
     order = sorted(questions, key=lambda q: q.id)
     random.Random(seed).shuffle(order)
+    # A fact can only be seen to follow the corpus where the reader could read it: questions the
+    # default mode answered right come first, and among them a date, number or name (a plausible
+    # change of fact) before any other answer. The order is stable, so the draw stays seeded.
+    order.sort(key=lambda q: (q.id not in prefer, answer_kind(q.answers[0]) == "other"))
     records: list[dict[str, Any]] = []
     edited = 0
     out.mkdir(parents=True, exist_ok=True)
@@ -334,7 +386,9 @@ def _load_records(path: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
-def summarise_counterfactual(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def summarise_counterfactual(
+    records: Iterable[dict[str, Any]], right_before: Mapping[str, Collection[str]] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per mode: shares of the edited questions the mode answered after the edit.
 
     `followed` and `stale` are over those answered questions, and so is `abstained_after_removal` (a
@@ -357,6 +411,11 @@ def summarise_counterfactual(records: Iterable[dict[str, Any]]) -> dict[str, dic
             "followed_of_all": _share(sum(m["followed"] for m in rows), len(rows)),
             "abstained_after_removal": _share(sum(m["abstained_after_removal"] for m in answered), len(answered)),
         }
+        if right_before is not None:
+            # Of the edited questions this mode answered right before the edit: did it follow the edit?
+            knew = [r["modes"][mode] for r in edited if mode in r["modes"] and r["id"] in right_before.get(mode, ())]
+            summary[mode]["right_before"] = len(knew)
+            summary[mode]["followed_when_right_before"] = _share(sum(m["followed"] for m in knew), len(knew))
     return summary
 
 

@@ -96,7 +96,8 @@ def _risk_coverage_chart(name: str, modes: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("coverage (released answers / answerable questions)")
     ax.set_ylabel("accuracy of the most confident")
-    ax.set_title(f"Risk–coverage, {name} (ranked by the reader's mean token log-probability)")
+    ax.set_title(f"Risk–coverage: {name}\nreleased answers ranked by the reader's mean token log-probability",
+                 fontsize="medium")  # fmt: skip
     ax.legend(frameon=False)
     return _save(fig, path)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import InvalidInputError
+from rag.evaluation.claims import correct
 from rag.evaluation.metrics import best_over_gold, contains_answer, exact_match, normalize_answer, token_f1
 from rag.evaluation.squad import Question, SquadData, passage_doc_id
 from rag.evaluation.summary import MODE_LABELS, MODES, stability, summarise
@@ -302,7 +303,7 @@ def _run_dataset(
         summary["corpus_ledger_head"] = service.ledger_head()
         if counterfactual:
             summary["knowledge_update"] = _knowledge_update(
-                service, eval_settings, data, evaluation, out, counterfactual, seed, top_k, progress, name
+                records, service, eval_settings, data, evaluation, out, counterfactual, seed, top_k, progress, name
             )
         summary.update(
             generator=service.generator.model_id,
@@ -314,6 +315,7 @@ def _run_dataset(
 
 
 def _knowledge_update(
+    answers: list[dict[str, Any]],
     service: Any,
     eval_settings: Settings,
     data: SquadData,
@@ -325,7 +327,10 @@ def _knowledge_update(
     progress: Progress | None,
     name: str,
 ) -> dict[str, Any]:
-    """Edit, ask, remove, ask, restore for `count` answerable questions (their gold passages are stored)."""
+    """Edit, ask, remove, ask, restore for `count` answerable questions (their gold passages are stored).
+
+    `answers` are the main pass's records: the questions the default mode answered right are edited
+    first, and each mode's figures are also given over the questions it answered right before."""
     from rag.evaluation.counterfactual import run_counterfactual, skipped_reasons, summarise_counterfactual
     from rag.wiring import build_ingestor
 
@@ -336,15 +341,25 @@ def _knowledge_update(
         if ticks is not None and record.get("status") == "edited":
             next(ticks, None)
 
+    right_before = {
+        mode: {
+            r["id"]
+            for r in answers
+            if not r["withheld"] and not r["modes"][mode]["abstained"]
+            and correct(r["modes"][mode]["text"], r["gold_answers"])
+        }
+        for mode in MODES
+    }  # fmt: skip
     records = run_counterfactual(
         data, evaluation.answerable, count, eval_settings=eval_settings, signed_root=out / "store" / "signed",
         out=out, ask=lambda question: ask_every_mode(service, question, top_k), seed=seed, progress=tick,
         ingestor=build_ingestor(eval_settings, service.retriever.embedder),  # one embedder, not two
+        prefer=right_before["grounded"],
     )  # fmt: skip
     if ticks is not None:
         for _ in ticks:  # let the bar finish when fewer questions could be edited
             pass
-    return {**summarise_counterfactual(records), "skipped": skipped_reasons(records)}
+    return {**summarise_counterfactual(records, right_before), "skipped": skipped_reasons(records)}
 
 
 def _guardrail(

@@ -142,12 +142,28 @@ def test_rewrite_matches_whole_words_only_and_keeps_a_sentence_start_capitalised
 def test_plan_edit_skips_what_cannot_be_edited() -> None:
     pool = ["2004", "Marie Curie"]
     assert plan_edit(q(["1998"]), "Nothing here.", pool, 0)["skipped"] == "no_occurrence"
-    assert plan_edit(q(["1998"]), "In 1998.", ["1998"], 0)["skipped"] == "no_substitute"
+    assert plan_edit(q(["Marie Curie"]), "Marie Curie won.", ["Marie Curie"], 0)["skipped"] == "no_substitute"
     # "U.S." is asked but the passage writes "US": the old answer would still be served.
     assert "skipped" not in plan_edit(q(["U.S.", "US"]), "The U.S. and the US.", ["Marie Curie"], 0)
     assert plan_edit(q(["U.S."]), "The U.S. and the US.", ["Marie Curie"], 0)["skipped"] == "gold_remains"
     edit = plan_edit(q(["1998"]), "In 1998, and again in 1998.", pool, 0)
-    assert edit == {"kind": "date", "substitute": "2004", "text": "In 2004, and again in 2004.", "replacements": 2}
+    year = edit["substitute"]
+    assert edit["kind"] == "date" and year.isdigit() and len(year) == 4 and year != "1998"
+    assert edit["text"] == f"In {year}, and again in {year}." and edit["replacements"] == 2
+
+
+def test_numbers_change_in_place_and_a_sentence_initial_word_is_not_a_name() -> None:
+    edit = plan_edit(q(["more than 48 hours"]), "He played for more than 48 hours.", ["Marie Curie"], 0)
+    assert edit["kind"] == "number" and edit["substitute"].startswith("more than ")
+    assert edit["substitute"].endswith(" hours") and edit["substitute"] != "more than 48 hours"
+    assert "48" not in edit["text"]
+    dated = plan_edit(q(["March 1990"]), "It opened in March 1990.", [], 0)
+    assert dated["substitute"].startswith("March ") and dated["substitute"] != "March 1990"
+    # "Light" opens a sentence: a word, so it takes another plain answer, not a person's name.
+    word = plan_edit(q(["Light"]), "Light is needed. Plants grow.", ["Marie Curie", "water"], 0)
+    assert word["kind"] == "other" and word["substitute"] == "water"
+    name = plan_edit(q(["Tesla"]), "In 1900 Tesla worked.", ["Marie Curie", "water"], 0)
+    assert name["kind"] == "name" and name["substitute"] == "Marie Curie"
 
 
 # --- summary -------------------------------------------------------------------------------
