@@ -1,8 +1,9 @@
 """Cost of checking answers against the ledger's commitments, at a given corpus size (default 100k chunks).
 
 Prints, side by side: the per-question cost (read the head, look at the trust files, admit the top_k
-passages: a dict lookup and a sha256 each) and the one-off costs when the head moves (reload and verify the
-chain into the in-memory map) and before an ingest appends (full verify with the signed head).
+passages: a dict lookup, a sha256 and a comparison of the committed fields each) and the one-off costs when
+the head moves (check its signature, reload and verify the chain into the in-memory map) and before an ingest
+appends (full verify with the signed head).
 
     python bench/commitment_check.py --chunks 100000 --top-k 4
 """
@@ -53,9 +54,9 @@ def main() -> None:
                 text = f"{doc_id} {n} " + "".join(rng.choices("abcdefgh ", k=args.chunk_chars))
                 hashes.append(hashlib.sha256(text.encode()).hexdigest())
                 if rng.random() < 0.01:  # keep a sample of stored chunks to look up
-                    chunks.append(
-                        StoredChunk(chunk_id(doc_id, sha, n), text, {"doc_id": doc_id, "signer_keyid": keyid})
-                    )
+                    # A store row spells the committed fields (those left out here are empty in the ledger too).
+                    meta = {"doc_id": doc_id, "path": doc_id, "origin": "human", "signer_keyid": keyid}
+                    chunks.append(StoredChunk(chunk_id(doc_id, sha, n), text, {**meta, "doc_sha256": sha}))
             records.append(
                 {"action": "add", "doc_id": doc_id, "sha256": sha, "chunks": args.chunks_per_doc, "chars": 0,
                  "origin": "human", "signer_keyid": keyid, "chunk_sha256": hashes}
@@ -64,10 +65,11 @@ def main() -> None:
         size_mb = ledger.path.stat().st_size / 1e6
 
         tracemalloc.start()
-        LedgerGate(ledger, [root / "trust.json"]).follow()
+        public = root / "ledger-key" / "ledger.pub"  # the gate checks the signed head with the public key alone
+        LedgerGate(ledger, [root / "trust.json"], public).follow()
         map_mb = tracemalloc.get_traced_memory()[1] / 1e6
         tracemalloc.stop()
-        gate = LedgerGate(ledger, [root / "trust.json"])
+        gate = LedgerGate(ledger, [root / "trust.json"], public)
         t0 = time.perf_counter()
         gate.follow()
         reload_s = time.perf_counter() - t0
@@ -80,7 +82,7 @@ def main() -> None:
         for q in range(args.questions):
             assert not gate.follow()  # the head did not move: one small file read, one stat per trust file
             for i in range(args.top_k):
-                assert gate.admits(chunks[(q * args.top_k + i) % len(chunks)])
+                assert gate.admit(chunks[(q * args.top_k + i) % len(chunks)]) is not None
         per_question_ms = (time.perf_counter() - t0) * 1000 / args.questions
 
     print(

@@ -14,6 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ingest import provenance
+from ingest.admit import held_views, synthetic_cell
+from ingest.corpus_report_view import corpus_app
 from ingest.ledger import Ledger
 from ingest.trust import TrustStore, add_trusted_key, key_id, load_private_key, parse_time, write_key_pair
 from rag.settings import Settings
@@ -59,11 +61,17 @@ def keys_revoke(
     ctx: typer.Context,
     keyid: Annotated[str, typer.Argument(help="Key id to revoke (or an unambiguous prefix of 8+ hex digits).")],
     trust: Annotated[
-        Path | None, typer.Option("--trust", help="Trust file to record it in (default: the local trust file).")
+        Path | None,
+        typer.Option(
+            "--trust", help="Configured trust file to record it in (default: the local one); any other is refused."
+        ),
     ] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why, kept in the trust file and the ledger.")] = None,
 ) -> None:
     """Revoke a signer: recorded in the trust file and the ledger; the next ingest withdraws its documents.
+
+    The ledger entry makes it stick: the key stays revoked for ingest and answers whatever the trust files
+    say later. Run it again if it was interrupted: it records whatever is missing.
 
     Example: rag keys revoke 3f2a9c1e --reason "laptop stolen"
     """
@@ -116,13 +124,14 @@ def sign(
 
 
 def _trust(settings: Settings, trust: Path | None) -> TrustStore:
-    return TrustStore.load(trust) if trust else TrustStore.load(settings.trust_path, settings.local_trust_path)
+    """The configured trust files, merged with `trust` if given (merging never loosens a configured entry)."""
+    return TrustStore.load(settings.trust_path, settings.local_trust_path, *([trust] if trust else []))
 
 
 def verify(
     ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(help="Documents or folders.")],
-    trust: Annotated[Path | None, typer.Option(help="Trust store (default: the configured ones).")] = None,
+    trust: Annotated[Path | None, typer.Option(help="Extra trust file, merged with the configured ones.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Check documents without writing anything; exit 1 if any does not verify.
@@ -146,7 +155,10 @@ def verify(
 def ingest(
     ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(help="Documents or folders to ingest.")],
-    trust: Annotated[Path | None, typer.Option(help="Trust store (default: the configured ones).")] = None,
+    trust: Annotated[
+        Path | None,
+        typer.Option(help="Extra trust file, merged with the configured ones (revocation and expiry still hold)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
     allow_signer_change: Annotated[
         bool,
@@ -248,16 +260,22 @@ def documents(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
     from ingest.pipeline import Ingestor
 
     settings = _settings(ctx)
-    docs = Ingestor(settings, None, None).documents(include_withdrawn=True)
+    docs = Ingestor(settings, None, None).documents(include_withdrawn=True) + held_views(settings)
     if as_json:
         print(json.dumps(docs, indent=2))
         return
     live = sum(d["status"] == "live" for d in docs)
-    table = Table(title=f"{live} documents" + (f", {len(docs) - live} withdrawn" if len(docs) > live else ""))
-    for column in ("doc_id", "status", "title", "origin", "license", "signer", "chunks", "sha256"):
+    held = sum(d["status"] == "held" for d in docs)
+    gone = len(docs) - live - held
+    table = Table(
+        title=f"{live} documents" + (f", {gone} withdrawn" if gone else "") + (f", {held} held" if held else "")
+    )
+    for column in ("doc_id", "status", "title", "origin", "license", "signer", "chunks", "synthetic", "sha256"):
         table.add_column(column)
     for d in docs:
-        status = d["status"] if d["status"] == "live" else f"withdrawn: {d['withdrawn_reason']}"
+        status = {"live": "live", "held": f"held: {d.get('held_reason')}"}.get(
+            d["status"], f"withdrawn: {d.get('withdrawn_reason')}"
+        )
         table.add_row(
             d["doc_id"],
             status,
@@ -266,9 +284,34 @@ def documents(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
             str(d["license"]),
             str(d["signer_name"]),
             str(d["chunks"]),
-            d["sha256"][:12],
+            synthetic_cell(d.get("synthetic")),
+            str(d["sha256"])[:12],
         )
     console.print(table)
+
+
+def admit(
+    ctx: typer.Context,
+    doc_id: Annotated[str, typer.Argument(help="Id of a document held by the synthetic-text detector.")],
+    path: Annotated[Path | None, typer.Argument(help="Where the document is now (default: where it was held).")] = None,
+    curator: Annotated[str | None, typer.Option(help="Who admits it (default: the login name).")] = None,
+) -> None:
+    """Admit a document the detector held (policy quarantine): recorded in the ledger, then ingested.
+
+    The admission covers the text that was held; an edited version is scored and held again.
+
+    Example: rag admit notes/meeting.md --curator "Ada Lovelace"
+    """
+    import getpass
+
+    from ingest.admit import admit as admit_held
+    from rag.wiring import build_ingestor
+
+    done = admit_held(build_ingestor(_settings(ctx)), doc_id, curator=curator or getpass.getuser(), path=path)
+    recorded = "recorded in the ledger" if done.recorded else "already in the ledger"
+    console.print(f"admitted {escape(done.doc_id)} (sha256 {done.sha256[:12]}, {recorded})")
+    _print_report(done.report.as_dict())
+    raise typer.Exit(done.report.exit_code)
 
 
 def _ledger(settings: Settings) -> Ledger:
@@ -331,6 +374,56 @@ def ledger_head(ctx: typer.Context) -> None:
     print(json.dumps(ledger.signed_head(), sort_keys=True))
 
 
+@ledger_app.command("sign-head")
+def ledger_sign_head(
+    ctx: typer.Context,
+    expect: Annotated[
+        str | None,
+        typer.Option("--expect", help="A signed head kept elsewhere that the ledger must still extend."),
+    ] = None,
+) -> None:
+    """Sign the ledger's head once: for a ledger written before heads were signed, or whose head file was lost.
+
+    Checks the hash chain (and that it reaches the head the key last signed, and --expect), then signs the
+    last entry, making the ledger key if there is none. Signing vouches for every entry: look first.
+
+    Example: rag ledger verify --no-store; rag ledger sign-head
+    """
+    from ingest.ledger_admin import ingest_lock, sign_head
+    from ingest.ledger_head import parse_expected_head
+
+    settings = _settings(ctx)
+    ledger = _ledger(settings)
+    with ingest_lock(settings.data_dir):
+        signed = sign_head(ledger, parse_expected_head(expect) if expect is not None else None)
+    if signed is None:
+        console.print("the ledger head is already signed and the ledger verifies: nothing to do")
+        return
+    console.print(f"signed the ledger head at entry {signed[0] + 1} ({signed[1][:16]}) with {settings.ledger_key_path}")
+
+
+@ledger_app.command("reset")
+def ledger_reset(
+    ctx: typer.Context,
+    yes: Annotated[bool, typer.Option("--yes", help="Really delete them.")] = False,
+) -> None:
+    """Start the knowledge base afresh: deletes the ledger, its head, every stored chunk, the BM25 index and the
+    quarantine report. Keys and trust files are kept. Documents must be ingested again.
+
+    Example: rag ledger reset --yes
+    """
+    from ingest.ledger_admin import reset
+    from rag.wiring import build_store
+
+    settings = _settings(ctx)
+    what = f"the ledger {settings.ledger_path}, its head, every chunk in the store and the BM25 index"
+    if not yes:
+        console.print(f"this deletes {what}; run again with --yes to do it")
+        raise typer.Exit(1)
+    report = reset(settings, _ledger(settings), build_store(settings))
+    console.print(f"deleted {report.entries} ledger entries and {report.chunks} stored chunks; ingest to start again")
+
+
 @ledger_app.command("export")
 def ledger_export(
     ctx: typer.Context,
@@ -348,5 +441,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(keys_app, name="keys")
     app.add_typer(import_app, name="import")
     app.add_typer(ledger_app, name="ledger")
-    for command in (sign, verify, ingest, remove, documents):
+    app.add_typer(corpus_app, name="corpus")
+    for command in (sign, verify, ingest, remove, documents, admit):
         app.command()(command)

@@ -1,22 +1,24 @@
 """What the ledger commits to, chunk by chunk, and the answer-time gate that serves only that.
 
-An admitting ledger entry lists its chunks' sha256 in order; `commitments()` maps every chunk id of the
-live documents to its committed hash and signer. `cross_check` compares a vector store with that map
-both ways (`rag ledger verify`); `LedgerGate` is what the answering service asks, per retrieved chunk,
-whether it may be served now.
+An admitting ledger entry lists its chunks' sha256 in order and the document's provenance (title,
+authors, licence, origin, source, signer); `commitments()` maps every chunk id of the live documents to
+its committed hash and those fields. `cross_check` compares a vector store with that map both ways
+(`rag ledger verify`); `LedgerGate` is what the answering service asks, per retrieved chunk, whether it
+may be served now, and it hands back the chunk carrying the committed fields, never the store's.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ingest.ledger import GENESIS, Ledger, LiveDocument, chunk_id, entry_hash, text_sha256
+from ingest.ledger import GENESIS, Ledger, LiveDocument, chunk_id, entry_hash, revoked_keyids, text_sha256
+from ingest.ledger_head import verified_head
 from ingest.trust import TrustStore
 from rag.errors import LedgerError, TrustStoreError
 from rag.types import StoredChunk
@@ -31,20 +33,52 @@ NAMED_AT_MOST = 20  # problems that name chunks name this many, then count the r
 
 @dataclass(frozen=True)
 class Commitment:
-    """What the ledger commits one chunk id to."""
+    """What the ledger commits one chunk id to: its text hash and its document's provenance (`facts`,
+    shared by the document's chunks, the fields a store row carries and a citation shows)."""
 
     doc_id: str
     sha256: str
     signer_keyid: str
+    index: int = 0
+    facts: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def metadata(self) -> dict[str, Any]:
+        """The chunk's metadata as the ledger commits it."""
+        return {**self.facts, "chunk_index": self.index, "chunk_sha256": self.sha256}
+
+
+def committed_facts(doc: LiveDocument) -> dict[str, str]:
+    """A live document's provenance as its admitting entry records it, spelt as a store row spells it."""
+    entry = doc.entry
+    authors = entry.get("authors")
+    return {
+        "doc_id": doc.doc_id,
+        "path": doc.doc_id,
+        "title": str(entry.get("title") or ""),
+        "authors": "; ".join(str(a) for a in authors) if isinstance(authors, list) else str(authors or ""),
+        "license": str(entry.get("license") or ""),
+        "origin": doc.origin,
+        "source_uri": str(entry.get("source_uri") or ""),
+        "signer_keyid": doc.signer_keyid,
+        "signer_name": str(entry.get("signer_name") or ""),
+        "doc_sha256": doc.sha256,
+        "manifest_sha256": str(entry.get("manifest_sha256") or ""),
+    }
 
 
 def commitments(live: dict[str, LiveDocument]) -> dict[str, Commitment]:
     """chunk id → commitment, for every chunk of every live document whose entry commits its chunks."""
     out: dict[str, Commitment] = {}
     for doc in live.values():
+        facts = committed_facts(doc)
         for n, sha in enumerate(doc.chunk_hashes or ()):
-            out[chunk_id(doc.doc_id, doc.sha256, n)] = Commitment(doc.doc_id, sha, doc.signer_keyid)
+            out[chunk_id(doc.doc_id, doc.sha256, n)] = Commitment(doc.doc_id, sha, doc.signer_keyid, n, facts)
     return out
+
+
+def drift(metadata: Mapping[str, Any], commitment: Commitment) -> list[str]:
+    """The committed fields a store row spells differently from the ledger entry (forged or stale metadata)."""
+    return [key for key, value in commitment.facts.items() if str(metadata.get(key, "")) != value]
 
 
 def cross_check(live: dict[str, LiveDocument], store: VectorStore) -> list[str]:
@@ -60,18 +94,20 @@ def cross_check(live: dict[str, LiveDocument], store: VectorStore) -> list[str]:
     present = set(stored)
     uncommitted = sorted(i for i in stored if i not in committed)
     missing = sorted(i for i in committed if i not in present)
-    changed = sorted(c.id for c in store.get(sorted(present & committed.keys())) if not _matches(c, committed[c.id]))
+    rows = store.get(sorted(present & committed.keys()))
+    changed = sorted(c.id for c in rows if text_sha256(c.text) != committed[c.id].sha256)
+    drifted = {c.id: drift(c.metadata, committed[c.id]) for c in rows}
+    fields = sorted({key for keys in drifted.values() for key in keys})
     if uncommitted:
         problems.append(_named("chunks in the store that the ledger does not commit", uncommitted))
     if missing:
         problems.append(_named("committed chunks missing from the store", missing))
     if changed:
         problems.append(_named("chunks whose stored text differs from the committed hash", changed))
+    if fields:
+        what = f"chunks whose stored metadata differs from the ledger entry ({', '.join(fields)})"
+        problems.append(_named(what, sorted(i for i, keys in drifted.items() if keys)))
     return problems
-
-
-def _matches(chunk: StoredChunk, commitment: Commitment) -> bool:
-    return text_sha256(chunk.text) == commitment.sha256
 
 
 def _named(what: str, ids: Sequence[str]) -> str:
@@ -81,51 +117,65 @@ def _named(what: str, ids: Sequence[str]) -> str:
 
 
 class LedgerGate:
-    """What may be served now: the chunks the ledger's head commits to, from signers trusted now.
+    """What may be served now: the chunks the ledger's signed head commits to, from signers trusted now.
 
-    `follow()` reads the head file (a few microseconds) and reloads the commitments only when the head
-    moved, and the trust files only when they changed; `admits(chunk)` is a dict lookup and one sha256.
-    Anything that cannot be read or does not verify leaves nothing admitted (fail closed)."""
+    `follow()` reads the head file (a few microseconds) and reloads the commitments only when it changed,
+    and the trust files only when they changed; `admit(chunk)` is a dict lookup and one sha256. The head's
+    signature is checked with the ledger's public key alone (`public_key_path`), the chain is replayed up
+    to exactly the signed head, and key ids the ledger records a `revoke` for stay revoked whatever the
+    trust files say. Anything that cannot be read or does not verify leaves nothing admitted (fail closed)."""
 
-    def __init__(self, ledger: Ledger, trust_paths: Sequence[Path]) -> None:
+    def __init__(self, ledger: Ledger, trust_paths: Sequence[Path], public_key_path: Path) -> None:
         self.ledger = ledger
         self.trust_paths = list(trust_paths)
+        self.public_key_path = public_key_path
         self.head: str | None = None
-        self._committed: dict[str, Commitment] = {}
+        # The commitments and the key ids the ledger revoked, swapped as one (an admit never mixes two heads).
+        self._state: tuple[dict[str, Commitment], set[str]] = ({}, set())
+        self._seen: tuple[bytes, tuple[int, int, int] | None] | None = None
         self._trust: TrustStore | None = None
         self._trust_stamp: tuple[tuple[int, int, int] | None, ...] | None = None
         self._lock = threading.Lock()
 
     def follow(self) -> bool:
-        """Catch up with the ledger head and the trust files; returns whether the head moved."""
+        """Catch up with the ledger head and the trust files; returns whether the commitments were reloaded."""
         with self._lock:
             self._follow_trust()
-            record = self.ledger.read_head_file()
-            head = record.get("hash") if record else self.ledger.read_head()
-            if head == self.head:
+            try:
+                raw = self.ledger.head_path.read_bytes()
+            except OSError:
+                raw = b""
+            seen = (raw, _stamp(self.public_key_path))
+            if seen == self._seen:
                 return False
-            self._committed = self._load(record)
-            self.head = head if isinstance(head, str) else None
+            self._seen = seen
+            committed, revoked, self.head = self._load()
+            self._state = (committed, revoked)
             return True
 
-    def _load(self, record: dict[str, Any]) -> dict[str, Commitment]:
-        index = record.get("index") if record else None
-        prev, entries = GENESIS, list[dict[str, Any]]()
+    def _load(self) -> tuple[dict[str, Commitment], set[str], str | None]:
+        record = self.ledger.read_head_file()
         try:
-            for entry in self.ledger.entries():
-                if entry.get("prev") != prev or entry_hash(entry) != entry.get("hash"):
+            if not record:
+                if next(self.ledger.entries(), None) is not None:
+                    raise LedgerError("the ledger head file is missing or unreadable")
+                return {}, set(), None  # nothing ingested yet
+            index, head = verified_head(self.public_key_path, record)
+            prev, entries = GENESIS, list[dict[str, Any]]()
+            for entry in self.ledger.entries() if index >= 0 else ():
+                linked = entry.get("index") == len(entries) and entry.get("prev") == prev
+                if not linked or entry_hash(entry) != entry["hash"]:
                     raise LedgerError(f"entry {len(entries) + 1} does not verify")
                 entries.append(entry)
                 prev = str(entry["hash"])
-                if index is not None and entry.get("index") == index:
+                if len(entries) == index + 1:
                     break
+            if len(entries) != index + 1 or prev != head:
+                raise LedgerError("the ledger does not reach its signed head")
         except (LedgerError, KeyError, TypeError, ValueError) as exc:
             log.error("the ledger does not verify (%s): no passage will be served until it does", exc)
-            return {}
-        if record and prev != record.get("hash"):
-            log.error("the ledger does not reach its recorded head: no passage will be served until it does")
-            return {}
-        return commitments(self.ledger.live(entries))
+            return {}, set(), None
+        return commitments(self.ledger.live(entries)), revoked_keyids(entries), head
 
     def _follow_trust(self) -> None:
         stamp = tuple(_stamp(path) for path in self.trust_paths)
@@ -138,26 +188,32 @@ class LedgerGate:
             self._trust = None
         self._trust_stamp = stamp
 
-    def admits(self, chunk: StoredChunk) -> bool:
-        """True if the ledger commits this chunk id to this text and its signer is trusted now."""
-        commitment = self._committed.get(chunk.id)
+    def admit(self, chunk: StoredChunk) -> StoredChunk | None:
+        """The chunk carrying the metadata the ledger commits, if the ledger head commits this chunk id to this
+        text and these fields and its signer is trusted now; None (logged) otherwise."""
+        committed, revoked = self._state
+        commitment = committed.get(chunk.id)
         why = None
         if commitment is None:
             why = "not committed by the ledger head"
         elif text_sha256(chunk.text) != commitment.sha256:
             why = "text does not hash to the committed chunk hash"
-        elif chunk.metadata.get("doc_id") != commitment.doc_id or (
-            chunk.metadata.get("signer_keyid", "") != commitment.signer_keyid
-        ):
-            why = "metadata differs from the ledger entry"
+        elif fields := drift(chunk.metadata, commitment):
+            why = f"metadata differs from the ledger entry ({', '.join(fields)})"
+        elif commitment.signer_keyid in revoked:
+            why = "its signer's key is revoked in the ledger"
         elif self._trust is None:
             why = "the trust files are unusable"
         else:
             why = self._trust.usable(commitment.signer_keyid, datetime.now(UTC))
         if why is not None:
             log.warning("dropping chunk %s: %s", chunk.id, why)
-            return False
-        return True
+            return None
+        assert commitment is not None
+        return StoredChunk(id=chunk.id, text=chunk.text, metadata=commitment.metadata(), score=chunk.score)
+
+    def admits(self, chunk: StoredChunk) -> bool:
+        return self.admit(chunk) is not None
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

@@ -9,6 +9,7 @@ text is a new decision: the policy runs again on what it claims.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,8 +106,9 @@ class Decider:
     def verify(self, documents: list[tuple[Path, Path]], live: dict[str, LiveDocument]) -> list[Verdict]:
         """Verdicts without writing anything (signature, digest, subject, ownership and origin policy)."""
         verdicts = []
+        folded, decided = _folded(live), dict[str, str]()
         for document, root in documents:
-            verdict = self.verify_one(document, root)
+            verdict = _collision(self.verify_one(document, root), folded, decided)
             owner = owner_of(live.get(verdict.doc_id))
             if verdict.ok and owner is not None and owner != verdict.signer_keyid:
                 verdict = _refuse(verdict, "signer_changed", _signer_changed_detail(live.get(verdict.doc_id)))
@@ -132,10 +134,11 @@ class Decider:
         (`last_reject`: doc id → (sha256, reason)) are collected in `rejects` for it."""
         by_sha = {doc.sha256: doc.doc_id for doc in live.values()}
         totals = _origin_totals(live)
+        folded, decided = _folded(live), dict[str, str]()
         pending: list[Pending] = []
         size = 0
         for document, root in documents:
-            verdict = self.verify_one(document, root)
+            verdict = _collision(self.verify_one(document, root), folded, decided)
             outcome = self.decide(verdict, live, by_sha, totals, allow_signer_change=allow_signer_change)
             if isinstance(outcome, Withdraw):
                 # Applied after the batches are written; until then it no longer counts as live.
@@ -150,6 +153,7 @@ class Decider:
                 pending.append(outcome)
                 size += len(outcome.chunks)
                 live[verdict.doc_id] = _placeholder(verdict, outcome)
+                folded[fold_id(verdict.doc_id)] = verdict.doc_id
                 by_sha[verdict.sha256 or ""] = verdict.doc_id
                 _add_totals(totals, outcome.previous, verdict)
                 (report.replaced if outcome.action == "replace" else report.accepted).append(_summary(verdict))
@@ -193,6 +197,7 @@ class Decider:
             current is not None
             and current.sha256 == verdict.sha256
             and current.entry.get("manifest_sha256") == verdict.manifest_sha256
+            and not current.incomplete
         ):
             return "unchanged"
         if verdict.sha256 in by_sha and by_sha[verdict.sha256 or ""] != verdict.doc_id:
@@ -204,7 +209,11 @@ class Decider:
                 # The owner now says something the policy refuses about this very text: it goes.
                 return Withdraw(current, str(refused.reason), refused.detail, refused)
             return refused
-        notes = {"signer_change": {"from": owner, "to": verdict.signer_keyid}} if changed_signer else {}
+        notes: dict[str, Any] = {"signer_change": {"from": owner, "to": verdict.signer_keyid}} if changed_signer else {}
+        for check in self.checks:
+            note = getattr(check, "note", None)  # checks that mark what they admit (the synthetic-text score)
+            if note is not None:
+                notes.update(note(verdict.text))
         return Pending(
             verdict=verdict,
             action="replace" if current is not None else "add",
@@ -283,6 +292,29 @@ class Decider:
 def owner_of(doc: LiveDocument | None) -> str | None:
     """The key id a live document was admitted under (None for one decided earlier in this run)."""
     return (doc.entry.get("signer_keyid") or None) if doc is not None else None
+
+
+def fold_id(doc_id: str) -> str:
+    """The form two document ids must not share: NFC, case folded."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", doc_id).casefold())
+
+
+def _folded(live: dict[str, LiveDocument]) -> dict[str, str]:
+    return {fold_id(doc_id): doc_id for doc_id in live}
+
+
+def _collision(verdict: Verdict, folded: dict[str, str], decided: dict[str, str]) -> Verdict:
+    """Refuse (`doc_id_collision`) an id that differs from a live one only in case or Unicode form, or that two
+    files of one run both claim (a document is changed under its own id, by its owner)."""
+    if not verdict.ok:
+        return verdict
+    twin = folded.get(fold_id(verdict.doc_id))
+    earlier = decided.setdefault(verdict.doc_id, verdict.path)
+    if twin is not None and twin != verdict.doc_id:
+        return _refuse(verdict, "doc_id_collision", f"differs from the live document {twin!r} only in case or form")
+    if earlier != verdict.path:
+        return _refuse(verdict, "doc_id_collision", f"{earlier} is the document {verdict.doc_id!r} in this run too")
+    return verdict
 
 
 def _refuse(verdict: Verdict, reason: str, detail: str) -> Verdict:

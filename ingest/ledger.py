@@ -21,7 +21,7 @@ from typing import Any
 
 import rfc8785
 
-from ingest.ledger_head import LedgerKey, check_extends, check_signature
+from ingest.ledger_head import LedgerKey, check_extends, check_signature, hash_at
 from ingest.trust import utc_now
 from rag.errors import LedgerError
 
@@ -64,6 +64,8 @@ class LiveDocument:
     origin: str
     index: int
     entry: dict[str, Any] = field(repr=False)
+    # Set by reconcile when the store holds fewer chunks than the entry commits: embed it afresh.
+    incomplete: bool = False
 
     @property
     def chunk_hashes(self) -> list[str] | None:
@@ -132,35 +134,46 @@ class Ledger:
         """Verify the chain and the signed head as they are on disk now; LedgerError (`ledger_corrupt`) if not.
 
         Called under the ingest lock before anything is appended: another process may have appended since
-        this object last looked, and an append must never extend a cut or edited ledger."""
+        this object last looked, and an append must never extend a cut or edited ledger. A ledger is never
+        deleted here: a new one starts with a signed genesis head, so a missing head never means a first run."""
         self._tail = None
         self.repair_torn_tail()
-        signed_before = self.key is not None and self.key.exists() and self.key.remembered(self.path) is not None
-        if self.key is not None and self.path.exists() and not self.head_path.exists() and not signed_before:
-            # A kill between the first append and the first head: nothing was acknowledged yet.
-            log.warning("cutting ledger entries written before any head was signed: never acknowledged")
-            self.path.unlink()
-        if self.key is not None and not self.key.exists():
-            if self.read_head_file().get("signed"):
-                raise LedgerError(f"The ledger key {self.key.path} that signed the head is missing.")
-            # First run (or a ledger from before heads were signed): make the key, sign the head as it is.
-            self.key.create()
-            if self.tail()[0]:
-                report = self.verify()
-                if not report.ok:
-                    raise LedgerError("The ledger does not verify: " + "; ".join(report.problems[:3]))
-                self._write_head(*self.tail())
+        if self.key is not None:
+            self._check_head_present(self.key)
         self._cut_unacknowledged()
         report = self.verify()
         if not report.ok:
             raise LedgerError("The ledger does not verify, nothing was written: " + "; ".join(report.problems[:3]))
+
+    def _check_head_present(self, key: LedgerKey) -> None:
+        has_entries = self.path.exists() and self.path.stat().st_size > 0
+        if not key.exists():
+            if self.read_head_file().get("signed"):
+                raise LedgerError(f"The ledger key {key.path} that signed the head is missing.")
+            if has_entries or self.head_path.exists():
+                raise LedgerError(
+                    f"The ledger {self.path} has no signed head (written before heads were signed, or its key "
+                    f"{key.path} is lost); nothing was written. Check it with `rag ledger verify`, then sign its "
+                    "head once with `rag ledger sign-head`."
+                )
+            key.create()
+        key.ensure_public_file()
+        if not self.head_path.exists():
+            if has_entries:
+                raise LedgerError(
+                    f"The ledger head {self.head_path} is missing; nothing was written. If the ledger is yours, "
+                    "check it (`rag ledger verify --expect HEAD`, with a head kept elsewhere) and sign its head "
+                    "with `rag ledger sign-head`; or start afresh with `rag ledger reset --yes`, which deletes the "
+                    "ledger and every stored chunk."
+                )
+            self._write_head(0, GENESIS)  # a new ledger: its signed genesis head comes before any entry
 
     def _cut_unacknowledged(self) -> None:
         """Cut entries after a valid head: a kill between the append and the head left them unacknowledged
         (their chunks are then orphans, removed by reconcile), and nothing forged after the head survives."""
         head = self.read_head_file()
         index = head.get("index")
-        if not isinstance(index, int) or check_signature(self.key, head):
+        if not isinstance(index, int) or check_signature(self.key, head) or not self.path.exists():
             return
         offset, kept = 0, 0
         with self.path.open("rb") as handle:
@@ -202,6 +215,13 @@ class Ledger:
         self._write_head(index, prev)
         return entries
 
+    def sign_tail(self) -> tuple[int, str]:
+        """Write the (signed) head at the last entry as on disk now: (index, hash). Only `rag ledger sign-head`."""
+        self._tail = None
+        next_index, head = self.tail()
+        self._write_head(next_index, head)
+        return next_index - 1, head
+
     def _write_head(self, next_index: int, head: str) -> None:
         record: dict[str, Any] = {"index": next_index - 1, "hash": head}
         if self.key is not None:
@@ -209,6 +229,7 @@ class Ledger:
                 self.key.create()
             record["signed"] = self.key.sign(next_index - 1, head)
         tmp = self.head_path.with_name(self.head_path.name + ".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(record) + "\n")
         os.replace(tmp, self.head_path)
         if self.key is not None:
@@ -280,6 +301,44 @@ class Ledger:
     def verify(self, expect: dict[str, Any] | None = None) -> VerifyReport:
         """Check the chain, the head file and its signature; with `expect` (a signed head kept elsewhere),
         also that the ledger still extends it."""
+        hashes, problems = self.chain()
+        count, prev = len(hashes), (hashes[-1] if hashes else GENESIS)
+        head = self.read_head_file()
+        if head:
+            index = head.get("index")
+            at = hash_at(hashes, index) if isinstance(index, int) else None
+            if at is None or not isinstance(index, int):
+                problems.append(f"ledger ends at entry {count} but its head records entry {index}")
+            elif at != head.get("hash"):
+                problems.append(f"entry {index + 1} differs from the recorded head")
+            elif index < count - 1:
+                # A kill between the append and the head can leave these; the next ingest cuts them.
+                problems.append(f"{count - 1 - index} entries after the recorded head (unacknowledged)")
+            problems.extend(check_signature(self.key, head))
+        elif self.head_path.exists():
+            problems.append("the ledger head file is unreadable")
+        elif count:
+            problems.append("the ledger head file is missing")
+        problems.extend(self.remembered_problems(hashes))
+        if expect is not None:
+            problems.extend(check_extends(self.key, expect, hashes))
+        return VerifyReport(ok=not problems, entries=count, head=prev, problems=problems)
+
+    def remembered_problems(self, hashes: list[str]) -> list[str]:
+        """Problems if the chain does not reach the head the ledger key last signed for this ledger."""
+        remembered = self.key.remembered(self.path) if self.key is not None and self.key.exists() else None
+        if remembered is None:
+            return []
+        index = remembered.get("index")
+        at = hash_at(hashes, index) if isinstance(index, int) else None
+        if at is None or not isinstance(index, int):
+            return [f"the ledger has {len(hashes)} entries but its key signed a head at index {index} (cut)"]
+        if at != remembered.get("hash"):
+            return [f"entry {index + 1} differs from the head its key signed (rewritten)"]
+        return []
+
+    def chain(self) -> tuple[list[str], list[str]]:
+        """(the entry hashes in order, problems of the hash chain alone: indices, links and entry hashes)."""
         problems: list[str] = []
         prev, count, expected_index = GENESIS, 0, 0
         hashes: list[str] = []
@@ -296,31 +355,12 @@ class Ledger:
                 hashes.append(prev)
         except LedgerError as exc:
             problems.append(str(exc))
-        head = self.read_head_file()
-        if head:
-            index = head.get("index")
-            if not isinstance(index, int) or index >= count:
-                problems.append(f"ledger ends at entry {count} but its head records entry {index}")
-            elif hashes[index] != head.get("hash"):
-                problems.append(f"entry {index + 1} differs from the recorded head")
-            elif index < count - 1:
-                # A kill between the append and the head can leave these; the next ingest cuts them.
-                problems.append(f"{count - 1 - index} entries after the recorded head (unacknowledged)")
-            problems.extend(check_signature(self.key, head))
-        elif self.head_path.exists():
-            problems.append("the ledger head file is unreadable")
-        elif count:
-            problems.append("the ledger head file is missing")
-        remembered = self.key.remembered(self.path) if self.key is not None and self.key.exists() else None
-        if remembered is not None:
-            index = remembered.get("index")
-            if not isinstance(index, int) or index >= count:
-                problems.append(f"the ledger has {count} entries but its key signed a head at index {index} (cut)")
-            elif hashes[index] != remembered.get("hash"):
-                problems.append(f"entry {index + 1} differs from the head its key signed (rewritten)")
-        if expect is not None:
-            problems.extend(check_extends(self.key, expect, hashes))
-        return VerifyReport(ok=not problems, entries=count, head=prev, problems=problems)
+        return hashes, problems
+
+
+def revoked_keyids(entries: Iterable[dict[str, Any]]) -> set[str]:
+    """Key ids the ledger records a `revoke` for: revoked whatever the trust files say now."""
+    return {str(e["signer_keyid"]) for e in entries if e.get("action") == "revoke" and e.get("signer_keyid")}
 
 
 def _as_live(entry: dict[str, Any]) -> LiveDocument:
@@ -349,6 +389,7 @@ def _document_view(doc: LiveDocument) -> dict[str, Any]:
         "signer_name",
         "signer_keyid",
         "manifest_sha256",
+        "synthetic",
     )
     view = {
         "doc_id": doc.doc_id,

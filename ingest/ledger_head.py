@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import rfc8785
 
-from ingest.trust import key_id, load_private_key, utc_now, write_key_pair
-from rag.errors import LedgerError
+from ingest.trust import key_id, load_private_key, load_public_key, public_key_pem, utc_now, write_key_pair
+from rag.errors import KeyFileError, LedgerError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -27,11 +27,20 @@ log = logging.getLogger(__name__)
 HEAD_PAYLOAD_TYPE = "application/vnd.provenance-first-rag.ledger-head+json"
 
 
+def public_key_path(private: Path) -> Path:
+    """Where the public half of a ledger key is written beside it (`ledger.key` → `ledger.pub`)."""
+    return private.with_suffix(".pub")
+
+
 class LedgerKey:
-    """The Ed25519 key that signs the ledger head; it lives outside the data dir (a setting)."""
+    """The Ed25519 key that signs the ledger head; it lives outside the data dir (a setting).
+
+    Its public half is written beside it (`ledger.pub`) when it is made: the serving process checks heads
+    with that file alone (`open_head`) and never needs the private key."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.public_path = public_key_path(path)
         self._private: Ed25519PrivateKey | None = None
 
     def exists(self) -> bool:
@@ -39,7 +48,18 @@ class LedgerKey:
 
     def create(self) -> None:
         write_key_pair(self.path.stem, self.path.parent)
+        if self.path.parent / f"{self.path.stem}.key" != self.path:  # a key path not ending in .key
+            (self.path.parent / f"{self.path.stem}.key").rename(self.path)
+        self.ensure_public_file()
         log.warning("made a new ledger key at %s: keep it outside the data dir, and back it up", self.path)
+
+    def ensure_public_file(self) -> None:
+        """Write the public half beside the key if it is missing; LedgerError if the one there is another key's."""
+        mine = public_key_pem(self.public())
+        if not self.public_path.exists():
+            self.public_path.write_bytes(mine)
+        elif key_id(load_public_key(self.public_path)) != key_id(self.public()):
+            raise LedgerError(f"{self.public_path} is not the public half of the ledger key {self.path}.")
 
     def private(self) -> Ed25519PrivateKey:
         if self._private is None:
@@ -92,20 +112,50 @@ class LedgerKey:
 
     def open(self, signed: dict[str, Any]) -> dict[str, Any]:
         """The payload of a signed head, if this key signed it; LedgerError otherwise."""
-        from securesystemslib.dsse import Envelope
-        from securesystemslib.exceptions import VerificationError
-        from securesystemslib.signer import SSlibKey
+        return open_head(self.public(), signed)
 
-        try:
-            envelope = Envelope.from_dict(dict(signed))
-            public = SSlibKey.from_crypto(self.public(), keyid=key_id(self.public()))
-            envelope.verify([public], 1)
-            payload = json.loads(envelope.payload)
-        except (VerificationError, KeyError, TypeError, ValueError) as exc:
-            raise LedgerError("the head is not signed by this ledger's key") from exc
-        if envelope.payload_type != HEAD_PAYLOAD_TYPE or not isinstance(payload, dict):
-            raise LedgerError("the signed envelope is not a ledger head")
-        return payload
+
+def open_head(public: Ed25519PublicKey, signed: dict[str, Any]) -> dict[str, Any]:
+    """The payload ({index, hash, ...}) of a signed head, if `public` signed it; LedgerError otherwise."""
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.exceptions import VerificationError
+    from securesystemslib.signer import SSlibKey
+
+    try:
+        envelope = Envelope.from_dict(dict(signed))
+        envelope.verify([SSlibKey.from_crypto(public, keyid=key_id(public))], 1)
+        payload = json.loads(envelope.payload)
+    except (VerificationError, KeyError, TypeError, ValueError) as exc:
+        raise LedgerError("the head is not signed by this ledger's key") from exc
+    if envelope.payload_type != HEAD_PAYLOAD_TYPE or not isinstance(payload, dict):
+        raise LedgerError("the signed envelope is not a ledger head")
+    return payload
+
+
+def verified_head(public_path: Path, record: dict[str, Any]) -> tuple[int, str]:
+    """(index, hash) of a head record whose signature the public key at `public_path` checks; LedgerError if
+    the key cannot be read, the record is unsigned, or the signed head differs from the record."""
+    try:
+        public = load_public_key(public_path)
+    except KeyFileError as exc:
+        raise LedgerError(f"the ledger public key cannot be read ({exc.message})") from exc
+    signed = record.get("signed")
+    if not isinstance(signed, dict):
+        raise LedgerError("the ledger head is not signed")
+    payload = open_head(public, signed)
+    index, head = payload.get("index"), payload.get("hash")
+    if not isinstance(index, int) or not isinstance(head, str):
+        raise LedgerError("the signed head has no index and hash")
+    if (record.get("index"), record.get("hash")) != (index, head):
+        raise LedgerError("the signed head does not match the head file (rewritten)")
+    return index, head
+
+
+def hash_at(hashes: list[str], index: int) -> str | None:
+    """The hash of entry `index` of a chain (the genesis hash for -1, an empty ledger's head); None if absent."""
+    if index == -1:
+        return "0" * 64
+    return hashes[index] if 0 <= index < len(hashes) else None
 
 
 def parse_expected_head(value: str) -> dict[str, Any]:
@@ -149,8 +199,8 @@ def check_extends(key: LedgerKey | None, expect: dict[str, Any], hashes: list[st
     except LedgerError as exc:
         return [f"expected head: {exc}"]
     index = payload.get("index")
-    if not isinstance(index, int) or index >= len(hashes):
+    if not isinstance(index, int) or hash_at(hashes, index) is None:
         return [f"the ledger has {len(hashes)} entries but the expected head is entry {index} (cut)"]
-    if hashes[index] != payload.get("hash"):
+    if hash_at(hashes, index) != payload.get("hash"):
         return [f"entry {index + 1} differs from the expected head (history rewritten)"]
     return []

@@ -14,8 +14,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import queue
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -23,9 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ingest.commitments import commitments
+from ingest.background import in_background
+from ingest.commitments import commitments, drift
 from ingest.decisions import ContentCheck, Decider, IngestReport, Pending, Withdraw, owner_of
-from ingest.ledger import Ledger, LiveDocument, chunk_id, parse_chunk_id, text_sha256
+from ingest.ledger import Ledger, LiveDocument, chunk_id, parse_chunk_id, revoked_keyids, text_sha256
 from ingest.ledger_head import LedgerKey
 from ingest.loaders import is_document
 from ingest.provenance import Verdict
@@ -105,24 +104,28 @@ class Ingestor:
     def _check_ledger(self) -> None:
         """Refuse (`ledger_corrupt`) to write on a ledger that does not verify, or beside a store it lost."""
         ledger, key = self.ledger, self.ledger.key
-        gone = not ledger.path.exists() and not ledger.head_path.exists()
-        if gone and key is not None and key.exists() and key.remembered(ledger.path):
-            # The key signed a head for this ledger before. Stored chunks without it: the ledger was lost
-            # (without a signed head they would be a first run's interrupted write, which reconcile removes).
+        if not ledger.path.exists() and not ledger.head_path.exists():
+            # A new ledger starts with a signed genesis head before anything is written, so stored chunks
+            # without ledger and head mean the ledger was lost, never a first run's interrupted write.
             held = self._store.count() if self._store is not None else 0
             if held:
                 raise LedgerError(
-                    f"The ledger {ledger.path} is missing but the store holds {held} chunks; restore the "
-                    "ledger (and its head), or start afresh with an empty data dir."
+                    f"The ledger {ledger.path} and its head are missing but the store holds {held} chunks; "
+                    "restore them, or start afresh with `rag ledger reset --yes` (deletes every stored chunk)."
                 )
-            key.remember(ledger.path, None, None)  # an empty data dir: a new knowledge base
+            if key is not None and key.exists() and key.remembered(ledger.path):
+                key.remember(ledger.path, None, None)  # an empty data dir: a new knowledge base
         ledger.check_before_append()
+        # Key ids the verified ledger records a revoke for are revoked, whatever the trust files say now.
+        self.decider.trust = self.decider.trust.with_revoked(revoked_keyids(ledger.entries()))
 
     # --- public operations ----------------------------------------------------------------
 
     def verify(self, paths: Sequence[Path]) -> list[Verdict]:
         """Verify without writing anything (signature, digest, subject and origin policy)."""
-        return self.decider.verify(discover(paths), self.ledger.live())
+        entries = list(self.ledger.entries())
+        self.decider.trust = self.decider.trust.with_revoked(revoked_keyids(entries))
+        return self.decider.verify(discover(paths), self.ledger.live(entries))
 
     def ingest(
         self,
@@ -130,8 +133,11 @@ class Ingestor:
         progress: Callable[[int], None] | None = None,
         *,
         allow_signer_change: bool = False,
+        documents: list[tuple[Path, Path]] | None = None,
     ) -> IngestReport:
         """Ingest documents and folders; `progress(n)` is called as documents are handled.
+
+        `documents`: (document, corpus root) pairs to ingest as well, as `discover` would name them.
 
         Documents of a revoked signer are withdrawn first. A document admitted under one signer is
         replaced or withdrawn only under the same signer unless `allow_signer_change` (then recorded).
@@ -141,7 +147,7 @@ class Ingestor:
         GIL). Either way batches are written in order, each before its ledger entries, so the
         crash-safety argument is the same.
         """
-        documents = discover(paths)
+        documents = discover(paths) + list(documents or [])
         started = time.perf_counter()
         report = IngestReport()
         with self._locked():
@@ -181,28 +187,39 @@ class Ingestor:
         return doc
 
     def revoke(self, keyid: str, trust_file: Path, reason: str | None = None) -> tuple[TrustedKey, bool]:
-        """Revoke a signer in `trust_file` and record it in the ledger; (entry, whether it was new).
+        """Revoke a signer in `trust_file` (one of the configured trust files) and record it in the ledger;
+        (entry, whether anything was written). The ledger entry is what makes it stick: a key id with a
+        `revoke` entry is revoked at ingest and at answer time whatever the trust files say later.
 
-        The next ingest withdraws the signer's documents. The trust file is written first, so a crash
-        between the two leaves the key revoked (only the ledger line missing), never the reverse.
+        The trust file is written first; a crash between the two leaves the ledger line missing, and running
+        the command again appends it. The next ingest withdraws the signer's documents.
         """
+        configured = {path.resolve() for path in (self.settings.trust_path, self.settings.local_trust_path)}
+        if trust_file.resolve() not in configured:
+            raise InvalidInputError(
+                f"{trust_file} is not a trust file this deployment reads ({self.settings.trust_path} or "
+                f"{self.settings.local_trust_path}); a revocation recorded there would change nothing.",
+                code="trust_file_not_configured",
+            )
         with self._locked():
             in_file = TrustStore.load(trust_file)
             entry = TrustStore({**self.decider.trust.keys, **in_file.keys}).resolve(keyid)
             already = in_file.get(entry.keyid)
-            if already is not None and already.revoked:
+            recorded = entry.keyid in revoked_keyids(self.ledger.entries())
+            if already is not None and already.revoked and recorded:
                 return already, False
             revoked = revoke_key(trust_file, entry, reason=reason)
-            self.ledger.append(
-                {
-                    "action": "revoke",
-                    "signer_keyid": revoked.keyid,
-                    "signer_name": revoked.name,
-                    "reason": reason,
-                    "trust_file": str(trust_file),
-                    "revoked_at": revoked.revoked_at,
-                }
-            )
+            if not recorded:
+                self.ledger.append(
+                    {
+                        "action": "revoke",
+                        "signer_keyid": revoked.keyid,
+                        "signer_name": revoked.name,
+                        "reason": revoked.revoked_reason,
+                        "trust_file": str(trust_file),
+                        "revoked_at": revoked.revoked_at,
+                    }
+                )
         self.decider.trust = TrustStore({**self.decider.trust.keys, revoked.keyid: revoked})
         return revoked, True
 
@@ -260,21 +277,26 @@ class Ingestor:
         self.store.delete([value for value in stale if value not in written])
 
     def _reconcile(self, live: dict[str, LiveDocument]) -> int:
-        """Make the store hold only what the ledger commits: delete stored chunks it does not commit or whose
-        text no longer hashes to the commitment; a live document left short is marked for a fresh embed.
+        """Make the store hold only what the ledger commits: delete stored chunks it does not commit, whose text
+        no longer hashes to the commitment or whose metadata differs from the ledger entry; a live document left
+        short is marked `incomplete`, for a fresh embed.
 
         Reads the text of every committed chunk (Chroma returned ~500 chunks in well under a second)."""
         committed = commitments(live)
         stored = self.store.ids()
         orphans = [value for value in stored if value not in committed]
         present = [value for value in stored if value in committed]
-        changed = [c.id for c in self.store.get(present) if text_sha256(c.text) != committed[c.id].sha256]
+        changed = {
+            c.id
+            for c in self.store.get(present)
+            if text_sha256(c.text) != committed[c.id].sha256 or drift(c.metadata, committed[c.id])
+        }
         orphans.extend(changed)
-        held = Counter(committed[value].doc_id for value in present if value not in set(changed))
+        held = Counter(committed[value].doc_id for value in present if value not in changed)
         for doc in list(live.values()):
             if held.get(doc.doc_id, 0) != doc.chunks:
                 # Stored chunks fell short of what the ledger commits (or it commits none): embed it afresh.
-                doc.sha256 = "incomplete:" + doc.sha256
+                doc.incomplete = True
         self.store.delete(orphans)
         return len(orphans)
 
@@ -297,48 +319,6 @@ class Ingestor:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
-
-
-def in_background(items: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """Iterate `items` on a helper thread, at most `depth` items ahead of the consumer.
-
-    An error in the producer is raised in the consumer; when the consumer stops early (or fails),
-    the producer is told to stop and is joined before this generator returns.
-    """
-    channel: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(kind: str, value: Any) -> bool:
-        while not stop.is_set():
-            try:
-                channel.put((kind, value), timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put("item", item):
-                    return
-            put("done", None)
-        except BaseException as exc:  # handed over to the consumer, which raises it
-            put("error", exc)
-
-    thread = threading.Thread(target=produce, name="ingest-prepare", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = channel.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _live_record(item: Pending) -> dict[str, Any]:

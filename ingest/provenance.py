@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -146,7 +147,9 @@ def sign_document(
 
 
 def subject_name(document: Path, root: Path) -> str:
-    return document.resolve().relative_to(root.resolve()).as_posix()
+    """The document's path relative to the corpus root, NFC: the subject it is signed as and its document id.
+    ValueError if it resolves outside the root (a symlink pointing elsewhere)."""
+    return unicodedata.normalize("NFC", document.resolve().relative_to(root.resolve()).as_posix())
 
 
 # --- verification ---------------------------------------------------------------------------
@@ -194,7 +197,17 @@ def verify_document(
 ) -> Verdict:
     """Verify `document` against its sidecar manifest and the trust store, failing closed."""
     now = now or datetime.now(UTC)
-    name = subject_name(document, root)
+    try:
+        name = subject_name(document, root)
+    except ValueError:
+        where = unicodedata.normalize("NFC", os.path.relpath(document, root))
+        return Verdict(
+            path=str(document),
+            doc_id=where,
+            ok=False,
+            reason="outside_root",
+            detail=f"resolves to {document.resolve()}, outside the corpus root {root}",
+        )
     base: dict[str, Any] = {"path": str(document), "doc_id": name}
 
     def reject(reason: str, detail: str, **extra: Any) -> Verdict:
@@ -254,7 +267,7 @@ def verify_document(
     subject = statement.subject[0]
     if subject.digest.get("sha256") != sha:
         return reject("digest_mismatch", "the text differs from what was signed", **common)
-    if subject.name != name:
+    if unicodedata.normalize("NFC", subject.name) != name:
         return reject("subject_mismatch", f"manifest names {subject.name!r}, file is {name!r}", **common)
     return Verdict(ok=True, text=text, **base, **common)
 

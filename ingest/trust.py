@@ -59,10 +59,25 @@ def write_key_pair(name: str, out_dir: Path) -> tuple[Path, Ed25519PublicKey]:
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
     public = private.public_key()
-    public_path.write_bytes(
-        public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    public_path.write_bytes(public_key_pem(public))
     return private_path, public
+
+
+def public_key_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """An Ed25519 public key from a PEM file (`NAME.pub`, as `write_key_pair` writes it)."""
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise KeyFileError(f"Public key file {path} does not exist.", code="key_not_found") from exc
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"{path} is not a PEM public key.", code="key_invalid") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"{path} is not an Ed25519 key.", code="key_invalid")
+    return key
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -153,6 +168,15 @@ class TrustStore:
 
     def get(self, keyid: str) -> TrustedKey | None:
         return self.keys.get(keyid)
+
+    def with_revoked(self, keyids: set[str], reason: str = "revoked in the ledger") -> TrustStore:
+        """This store with `keyids` revoked too (the ledger's `revoke` entries: they hold whatever the files say)."""
+        if not any(k in self.keys and not self.keys[k].revoked for k in keyids):
+            return self
+        update = {"revoked": True, "revoked_reason": reason}
+        return TrustStore(
+            {k: v.model_copy(update=update) if k in keyids and not v.revoked else v for k, v in self.keys.items()}
+        )
 
     def usable(self, keyid: str, at: datetime | None = None) -> str | None:
         """None when the key may vouch for text at `at` (default now), else the reason code why not."""

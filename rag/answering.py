@@ -148,9 +148,11 @@ class AnswerService:
         ledger_head: Callable[[], str | None],
         gate: ChunkGate,
         refresh: Callable[[], None] = lambda: None,
+        record_output: Callable[[list[str], list[str]], object] = lambda released, passages: None,
     ) -> None:
         """`gate` decides which retrieved chunks may be used (the ledger's commitments, the signers trusted
-        now); `refresh` runs before each grounded answer so that it sees the ledger head as it is now."""
+        now); `refresh` runs before each grounded answer so that it sees the ledger head as it is now;
+        `record_output(released sentences, passages)` registers text before it is released (the loop guard)."""
         self.settings = settings
         self.retriever = retriever
         self.generator = generator
@@ -159,6 +161,7 @@ class AnswerService:
         self.ledger_head = ledger_head
         self.gate = gate
         self.refresh = refresh
+        self.record_output = record_output
 
     def validate(
         self, question: Any, top_k: Any = None, filters: Any = None, mode: Any = None
@@ -222,6 +225,7 @@ class AnswerService:
             timings.update(generate_ms=generation.seconds * 1000, tokens=generation.tokens)
             timings["total_ms"] = (time.perf_counter() - started) * 1000
             labelled = f"{UNCHECKED_LABEL} {generation.text.strip()}".rstrip()  # the text itself says so
+            self.record_output(split_sentences(generation.text), [])
             yield Delta(labelled)
             confidence = {"reader_logprob": _maybe_round(getattr(self.generator, "last_logprob", None))}
             yield Answer(answer=labelled, abstained=False, reason=None, citations=[], support=[],
@@ -234,7 +238,8 @@ class AnswerService:
             return
         t0 = time.perf_counter()
         # A chunk the ledger does not commit (or whose signer is no longer trusted) is dropped, logged, never cited.
-        hits = self.retriever.retrieve(question, k, filters, admit=self.gate.admits)
+        # An admitted chunk carries the metadata the ledger commits: citations and filters use that, never the store's.
+        hits = self.retriever.retrieve(question, k, filters, admit=self.gate.admit)
         timings["retrieve_ms"] = (time.perf_counter() - t0) * 1000
         retrieved = [_hit_view(n, hit) for n, hit in enumerate(hits, start=1)]
         best = max((hit.dense_score or 0.0 for hit in hits), default=0.0)
@@ -280,6 +285,7 @@ class AnswerService:
             "support": _maybe_round(min(s.score for s in kept)),
             "retrieval": _maybe_round(best),
         }
+        self.record_output([s.sentence for s in kept], passages)  # the whole answer (its sentences are in)
         yield Answer(
             answer=" ".join(_with_marker(s, first=True) for s in kept),
             abstained=False,
@@ -341,6 +347,7 @@ class AnswerService:
             checked.append(support)
             if support.supported:
                 kept.append(support)
+                self.record_output([support.sentence], passages)  # before it leaves; a failure withholds it
                 yield Delta(_with_marker(support, first=len(kept) == 1))
             else:  # a local diagnostic only: rejected text never leaves the service
                 log.debug("sentence not released (%s): %r", rejection_code(support), support.sentence)
@@ -397,6 +404,7 @@ def _with_marker(support: SentenceSupport, *, first: bool) -> str:
 
 
 def _citation(n: int, hit: Hit) -> Citation:
+    """A citation from the chunk as the gate admitted it: its metadata is the ledger's commitment."""
     meta = hit.chunk.metadata
     text = " ".join(hit.chunk.text.split())
     return Citation(

@@ -4,7 +4,8 @@ The BM25 index is rebuilt from the store when ingest or removal changes it (the 
 `on_change` hook) and saved with the ledger head it reflects; queries load it once and never
 rebuild it, unless the ledger moved on without it (a crash between ingest and rebuild, or an ingest in
 another process that has not saved its index yet). A retrieved chunk is used only if the `ChunkGate`
-admits it (the ledger's commitments, checked at answer time); a refused one makes room for the next.
+admits it (the ledger's commitments, checked at answer time); a refused one makes room for the next. An
+admitted chunk carries the metadata the ledger commits, and filters are applied to that.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ RRF_K = 60
 class ChunkGate(Protocol):
     """Says which stored chunks may be served now (the ledger's commitments and the signers trusted now)."""
 
-    def admits(self, chunk: StoredChunk) -> bool: ...
+    def admit(self, chunk: StoredChunk) -> StoredChunk | None:
+        """The chunk with the metadata the ledger commits for it (what citations show), or None to drop it."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -180,9 +183,10 @@ class HybridRetriever:
         top_k: int = 4,
         filters: dict[str, Any] | None = None,
         *,
-        admit: Callable[[StoredChunk], bool] | None = None,
+        admit: Callable[[StoredChunk], StoredChunk | None] | None = None,
     ) -> list[Hit]:
-        """The `top_k` best fused hits; with `admit`, a refused chunk is skipped and the next one taken."""
+        """The `top_k` best fused hits; with `admit`, a refused chunk is skipped and the next one taken, and an
+        admitted one is used as `admit` returns it (the committed metadata), filters checked on that."""
         where = where_clause(filters)
         # Ranks need only ids and scores; text and metadata are read for the winners alone.
         dense = self.store.query(self.embedder.embed([query])[0], self.candidates, where=where, content=False)
@@ -200,17 +204,14 @@ class HybridRetriever:
         chosen: list[StoredChunk] = []
         start = 0
         while len(chosen) < top_k and start < len(ranked):
-            # Dense hits already passed the filter in the store; lexical-only ones are checked here.
             page = ranked[start : start + top_k - len(chosen)]
             start += len(page)
             found = {c.id: c for c in self.store.get(page)}
-            chosen.extend(
-                found[i]
-                for i in page
-                if i in found
-                and (i in dense_rank or _matches(found[i].metadata, filters))
-                and (admit is None or admit(found[i]))
-            )
+            for i in page:
+                got = found.get(i) if admit is None or i not in found else admit(found[i])
+                # Dense hits passed the filter in the store; with a gate every hit is checked on what it admits.
+                if got is not None and ((i in dense_rank and admit is None) or _matches(got.metadata, filters)):
+                    chosen.append(got)
         return [
             Hit(
                 chunk=chunk,

@@ -102,6 +102,43 @@ class AnswerSettings(BaseModel):
     )
 
 
+class RegistrySettings(BaseModel):
+    enabled: bool = Field(True, description="Record released answers and refuse documents made of them at ingest.")
+    threshold: float = Field(
+        0.5, gt=0.0, le=1.0, description="Estimated Jaccard similarity (word bigrams) at which sentences match."
+    )
+    min_words: int = Field(4, ge=1, description="Shorter sentences are neither registered nor looked up.")
+    min_matches: int = Field(
+        2, ge=1, description="A document is refused when this many sentences match, or min_share of them do."
+    )
+    min_share: float = Field(0.5, gt=0.0, le=1.0)
+
+
+class CorpusReportSettings(BaseModel):
+    max_diversity_drop: float = Field(0.05, ge=0.0, description="Warn when a version lowers MATTR or distinct-2 more.")
+    max_human_share_drop: float = Field(0.02, ge=0.0, description="Warn when the human share falls more than this.")
+    max_near_duplicate_rise: float = Field(
+        0.05, ge=0.0, description="Warn when a version raises the near-duplicate rate of chunks more than this."
+    )
+    near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard (word 3-grams) of a near copy.")
+
+
+class DetectorSettings(BaseModel):
+    policy: Literal["flag", "quarantine", "off"] = Field(
+        "flag",
+        description="flag: admit and mark documents scoring above the threshold; quarantine: hold them out of the "
+        "store until a curator runs `rag admit DOC_ID`; off: no score. Detectors are brittle: flag is the default.",
+    )
+    model: GeneratorName = Field("gemma3-270m", description="Local model that scores (Fast-DetectGPT, analytic).")
+    threshold: float = Field(
+        1.5,
+        description="Scores above this are marked as likely machine text. Measured (bench/detector.py): human text "
+        "max 0.96 (379 texts), Gemma text min 1.75, SmolLM2 text 65% above; 1.5 keeps a margin (README).",
+    )
+    max_tokens: int = Field(256, ge=16, le=2048, description="Tokens scored per document, in windows spread over it.")
+    windows: int = Field(2, ge=1, le=16, description="Windows a long document's scored tokens are taken from.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_", env_nested_delimiter="__", extra="ignore")
 
@@ -111,6 +148,11 @@ class Settings(BaseSettings):
         Path.home() / ".config" / "provenance-first-rag" / "ledger.key",
         description="Ed25519 key that signs the ledger head; made on first ingest. Keep it outside the data dir, "
         "so that someone who can write the data dir cannot cut the ledger and re-sign its head.",
+    )
+    ledger_public_key_path: Path | None = Field(
+        None,
+        description="The ledger key's public half, which the answering service checks the signed head with; "
+        "default: beside the ledger key (ledger.pub), written when the key is made.",
     )
     model_cache_dir: Path = Field(
         Path.home() / ".cache" / "provenance-first-rag" / "models",
@@ -122,11 +164,18 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = GeneratorSettings()
     watermark: WatermarkSettings = WatermarkSettings()
     answer: AnswerSettings = AnswerSettings()
+    detector: DetectorSettings = DetectorSettings()
+    registry: RegistrySettings = RegistrySettings()
+    corpus_report: CorpusReportSettings = CorpusReportSettings()
 
     @property
     def local_trust_path(self) -> Path:
         """Keys trusted on this machine only (the locally made curator key); never committed."""
         return self.data_dir / "trust.local.json"
+
+    @property
+    def ledger_public_key(self) -> Path:
+        return self.ledger_public_key_path or self.ledger_key_path.with_suffix(".pub")
 
     @property
     def ledger_path(self) -> Path:
@@ -139,6 +188,11 @@ class Settings(BaseSettings):
     @property
     def lexical_path(self) -> Path:
         return self.data_dir / "bm25"
+
+    @property
+    def output_registry_path(self) -> Path:
+        """Fingerprints of every answer the service released (shared by the serving process and ingest)."""
+        return self.data_dir / "outputs.reg"
 
     @property
     def quarantine_path(self) -> Path:

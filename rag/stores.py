@@ -112,6 +112,18 @@ class ChromaStore:
                 return out
             offset += page
 
+    def contents(self) -> list[tuple[StoredChunk, list[float]]]:
+        """Every chunk with its stored embedding, in pages (the corpus report reads the whole store)."""
+        out: list[tuple[StoredChunk, list[float]]] = []
+        offset = 0
+        while True:
+            got = self._collection.get(include=["documents", "metadatas", "embeddings"], limit=GET_PAGE, offset=offset)
+            for i, t, m, e in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True):
+                out.append((StoredChunk(id=i, text=t or "", metadata=dict(m or {})), [float(x) for x in e]))
+            if len(got["ids"]) < GET_PAGE:
+                return out
+            offset += GET_PAGE
+
     def get(self, ids: Sequence[str]) -> list[StoredChunk]:
         if not ids:
             return []

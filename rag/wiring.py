@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ingest.trust import TrustStore
     from rag.answering import AnswerService
     from rag.grounding import GroundednessChecker
+    from rag.guardrails.registry import OutputRegistry
 
 
 def build_embedder(settings: Settings, *, serving: bool = False) -> Embedder:
@@ -65,13 +66,47 @@ def build_ingestor(settings: Settings, embedder: Embedder | None = None, trust: 
 
 
 def content_checks(settings: Settings) -> list[ContentCheck]:
-    """The loop guard: our own generators' watermark, detected with each local model's tokenizer."""
+    """The loop guard: answers this service released (the registry, cheap, first), then our own generators'
+    watermark, detected with each local model's tokenizer."""
+    checks: list[ContentCheck] = []
+    registry = build_output_registry(settings)
+    if registry is not None:
+        from rag.guardrails.registry import OwnOutputCheck
+
+        cfg = settings.registry
+        checks.append(OwnOutputCheck(registry, min_matches=cfg.min_matches, min_share=cfg.min_share))
     if not settings.watermark.detect:
-        return []
+        return [*checks, *synthetic_text_checks(settings)]
     from rag.models import MODELS
     from rag.watermark import WatermarkCheck
 
-    return [WatermarkCheck(settings.watermark, settings.model_cache_dir, tuple(MODELS))]
+    checks.append(WatermarkCheck(settings.watermark, settings.model_cache_dir, tuple(MODELS)))
+    return [*checks, *synthetic_text_checks(settings)]
+
+
+def synthetic_text_checks(settings: Settings, generator: Generator | None = None) -> list[ContentCheck]:
+    """The zero-shot synthetic-text score (Fast-DetectGPT with a local model), last: it costs the most. It loads
+    its model on the first document scored, reusing `generator`'s copy when that is the same local model."""
+    cfg = settings.detector
+    if cfg.policy == "off":
+        return []
+    from ingest.admit import AdmittedDigests
+    from rag.guardrails.detector import FastDetectScorer, SyntheticTextCheck, load_scoring_model
+
+    def scorer() -> FastDetectScorer:
+        return FastDetectScorer(load_scoring_model(cfg, settings.model_cache_dir, generator), cfg)
+
+    return [SyntheticTextCheck(cfg, scorer, AdmittedDigests(settings.ledger_path))]
+
+
+def build_output_registry(settings: Settings) -> OutputRegistry | None:
+    """The registry of released output in the data dir, shared by the serving process and ingest."""
+    if not settings.registry.enabled:
+        return None
+    from rag.guardrails.registry import OutputRegistry
+
+    cfg = settings.registry
+    return OutputRegistry(settings.output_registry_path, threshold=cfg.threshold, min_words=cfg.min_words)
 
 
 def build_retriever(settings: Settings, embedder: Embedder | None = None) -> HybridRetriever:
@@ -125,6 +160,7 @@ def build_answer_service(
                 lexical.follow(store, gate.head or "")
 
     refresh()
+    registry = build_output_registry(settings)  # every released sentence is fingerprinted here first
     return AnswerService(
         settings.answer,
         HybridRetriever(store, embedder, lexical),
@@ -134,15 +170,21 @@ def build_answer_service(
         ledger_head=lambda: gate.head,
         gate=gate,
         refresh=refresh,
+        record_output=registry.record if registry is not None else lambda released, passages: None,
     )
 
 
 def build_gate(settings: Settings) -> LedgerGate:
-    """What the answer path may serve: the ledger head's chunk commitments and the signers trusted now."""
+    """What the answer path may serve: the chunk commitments of the ledger head, checked with the ledger's public
+    key (the serving process never needs the private one), and the signers trusted now."""
     from ingest.commitments import LedgerGate
     from ingest.ledger import Ledger
 
-    return LedgerGate(Ledger(settings.ledger_path), (settings.trust_path, settings.local_trust_path))
+    return LedgerGate(
+        Ledger(settings.ledger_path),
+        (settings.trust_path, settings.local_trust_path),
+        settings.ledger_public_key,
+    )
 
 
 def build_checker(settings: Settings, embedder: Embedder | None = None) -> GroundednessChecker:

@@ -12,6 +12,10 @@ from rag.settings import Settings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+# The zero-shot detector scores each ingested document with Gemma (2-7 s a document on 2 cores). Tests
+# about anything else ingest with it off, or the suite would not fit CI's time; the detector's own tests
+# (tests/guardrails/test_detector.py) set the policy they test, and `bash run.sh` runs with the default.
+os.environ.setdefault("RAG_DETECTOR__POLICY", "off")
 
 REPO = Path(__file__).resolve().parents[1]
 

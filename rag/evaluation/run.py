@@ -102,6 +102,8 @@ def build_store(data: SquadData, withheld: set[int], out: Path, settings: Settin
             "data_dir": root / "data",
             "trust_path": root / "signed" / "trust.json",
             "store": settings.store.model_copy(update={"collection": "eval", "url": None}),
+            # Known human text, and seconds a passage to score: the eval measures answers, not admission.
+            "detector": settings.detector.model_copy(update={"policy": "off"}),
         }
     )
     build_ingestor(eval_settings).ingest([root / "signed" / "corpus"])

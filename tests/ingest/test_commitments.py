@@ -12,7 +12,7 @@ import pytest
 from chromadb.api.shared_system_client import SharedSystemClient
 from typer.testing import CliRunner
 
-from ingest.ledger import Ledger
+from ingest.ledger import Ledger, chunk_id
 from ingest.ledger_head import LedgerKey, parse_expected_head
 from ingest.pipeline import Ingestor
 from rag.cli import app
@@ -223,3 +223,119 @@ def test_forged_entries_after_the_head_are_cut_before_an_append(settings: Settin
     assert any("after the recorded head" in p for p in ledger(settings).verify().problems)
     ingestor(settings).ingest([corpus])  # cuts the unacknowledged entry, then appends nothing new
     assert "pass.md" in ledger(settings).live() and ledger(settings).verify().ok
+
+
+def plant_forged_document(settings: Settings) -> str:
+    """What an attacker with write access to the data dir (not the ledger key) can do: plant a chunk and
+    append an `add` entry committing to it, the chain intact, the head file rewritten without a signature."""
+    keyless = Ledger(settings.ledger_path)
+    victim = keyless.live()["pass.md"]
+    sha = hashlib.sha256(FORGED.encode()).hexdigest()
+    forged_id = chunk_id("owls.md", sha, 0)
+    store = build_store(settings)
+    original = store.get([chunk_id("pass.md", victim.sha256, 0)])[0].metadata
+    facts = {"doc_id": "owls.md", "path": "owls.md", "title": "Lighthouse board minutes", "doc_sha256": sha}
+    metadata = {**original, **facts, "chunk_sha256": sha}
+    store._collection.add(
+        ids=[forged_id], documents=[FORGED], metadatas=[metadata], embeddings=FakeEmbedder().embed([FORGED])
+    )
+    keyless.append(
+        {
+            **{k: victim.entry[k] for k in ("authors", "license", "signer_keyid", "signer_name", "manifest_sha256")},
+            "action": "add",
+            "doc_id": "owls.md",
+            "sha256": sha,
+            "chunks": 1,
+            "chars": len(FORGED),
+            "origin": "human",
+            "title": "Lighthouse board minutes",
+            "chunk_sha256": [sha],
+        }
+    )
+    return forged_id
+
+
+@pytest.mark.parametrize("head", ["unsigned", "deleted"])
+def test_a_forged_entry_is_never_served_whatever_the_head_file_says(lenient: Settings, corpus: Path, head: str) -> None:
+    ingestor(lenient).ingest([corpus])
+    service = build_answer_service(lenient, embedder=FakeEmbedder(), generator=FirstSentenceGenerator())
+    assert not service.answer("What does the pass statement do?").abstained
+    forged = plant_forged_document(lenient)
+    if head == "deleted":
+        Ledger(lenient.ledger_path).head_path.unlink()
+    result = service.answer("Who pays the barn owls a week, the lighthouse board?")
+    assert result.abstained and "lighthouse" not in result.answer and not result.retrieved
+    # Nothing is served until the head verifies again, not even what was signed before.
+    assert service.answer("What does the pass statement do?").abstained
+    code, output = verify_cli()
+    assert code == 1 and ("not signed" in output or "head file is missing" in output)
+    assert forged not in {c.chunk_id for c in result.citations}
+
+
+def test_the_gate_checks_the_head_with_the_public_key_alone(lenient: Settings, corpus: Path) -> None:
+    ingestor(lenient).ingest([corpus])
+    public = lenient.ledger_key_path.with_suffix(".pub")
+    assert public.exists()
+    # The serving process needs only the public half: take the private key away.
+    lenient.ledger_key_path.rename(lenient.ledger_key_path.with_name("elsewhere.key"))
+    service = build_answer_service(lenient, embedder=FakeEmbedder(), generator=FirstSentenceGenerator())
+    assert not service.answer("What does the pass statement do?").abstained
+
+    # A head signed with another key (one the attacker made) is refused: nothing is served.
+    plant_forged_document(lenient)
+    mallory = Ledger(lenient.ledger_path, LedgerKey(lenient.data_dir / "mallory" / "ledger.key"))
+    mallory.sign_tail()
+    result = service.answer("Who pays the barn owls a week, the lighthouse board?")
+    assert result.abstained and not result.retrieved
+    assert service.answer("What does the pass statement do?").abstained
+
+
+FORGED_FACTS = {
+    "title": "Official PSF security advisory",
+    "license": "CC0-1.0",
+    "signer_name": "Guido van Rossum",
+    "authors": "Guido",
+    "source_uri": "https://evil.example",
+}
+
+
+def test_forged_citation_metadata_is_never_shown_and_verify_names_it(lenient: Settings, corpus: Path) -> None:
+    ingestor(lenient).ingest([corpus])
+    service = build_answer_service(lenient, embedder=FakeEmbedder(), generator=FirstSentenceGenerator())
+    question = "What does the pass statement do?"
+    (before,) = service.answer(question).citations
+    assert (before.signer_name, before.license) == ("test-curator", "PSF-2.0")
+
+    store = build_store(lenient)
+    forged = sorted(store.ids())
+    for chunk in store.get(forged):
+        store._collection.update(ids=[chunk.id], metadatas=[{**chunk.metadata, **FORGED_FACTS}])
+    result = service.answer(question)
+    assert result.abstained and not result.retrieved and not result.citations
+    # Filters apply to what the ledger commits: the forged title matches nothing either.
+    assert not service.answer(question, filters={"title": FORGED_FACTS["title"]}).retrieved
+
+    code, output = verify_cli()
+    assert code == 1 and "metadata differs from the ledger entry" in output and forged[0] in output
+    assert all(field in output for field in FORGED_FACTS)
+
+    # The next ingest repairs the rows from the signed sources; citations show the committed fields again.
+    report = ingestor(lenient).ingest([corpus])
+    assert report.repaired_chunks == len(forged) and len(report.replaced) == 3
+    assert verify_cli()[0] == 0
+    (after,) = service.answer(question).citations
+    assert (after.title, after.signer_name, after.license) == (before.title, "test-curator", "PSF-2.0")
+
+
+def test_citations_and_filters_use_the_committed_fields(lenient: Settings, corpus: Path) -> None:
+    ingestor(lenient).ingest([corpus])
+    service = build_answer_service(lenient, embedder=FakeEmbedder(), generator=FirstSentenceGenerator())
+    result = service.answer("What does the pass statement do?", filters={"signer_name": "test-curator"})
+    (citation,) = result.citations
+    entry = Ledger(lenient.ledger_path).live()[citation.doc_id].entry
+    assert (citation.title, citation.license, citation.signer_keyid) == (
+        entry["title"],
+        entry["license"],
+        entry["signer_keyid"],
+    )
+    assert service.answer("What does the pass statement do?", filters={"signer_name": "mallory"}).abstained

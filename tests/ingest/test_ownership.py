@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,35 @@ def test_an_unverifiable_new_manifest_leaves_the_live_version(
     report = Ingestor(settings, store, FakeEmbedder()).ingest([root])
     assert [r["reason"] for r in report.rejected] == ["bad_signature"] and not report.withdrawn
     assert stored(store, "pass.md")
+
+
+# --- document ids: one Unicode form, no case twins ----------------------------------------------------
+
+
+def test_nfc_and_nfd_names_are_one_document_id(
+    settings: Settings, curator: Curator, mallory: Curator, tmp_path: Path
+) -> None:
+    first = tmp_path / "one"
+    doc = write(first, unicodedata.normalize("NFC", "café.md"), "pass")
+    curator.sign(doc, root=first)
+    store = InMemoryStore()
+    assert [a["doc_id"] for a in Ingestor(settings, store, FakeEmbedder()).ingest([first]).accepted] == ["café.md"]
+
+    second = tmp_path / "two"
+    twin = write(second, unicodedata.normalize("NFD", "café.md"), "del")
+    mallory.sign(twin, root=second)
+    report = Ingestor(settings, store, FakeEmbedder()).ingest([second])
+    assert [(r["doc_id"], r["reason"]) for r in report.rejected] == [("café.md", "signer_changed")]
+    assert unicodedata.is_normalized("NFC", report.rejected[0]["doc_id"])
+    assert [e["signer_name"] for e in entries(settings) if e["action"] == "add"] == ["test-curator"]
+
+
+def test_an_id_differing_only_in_case_is_refused(
+    settings: Settings, curator: Curator, mallory: Curator, admitted: tuple[Path, InMemoryStore], tmp_path: Path
+) -> None:
+    _, store = admitted
+    other = tmp_path / "other"
+    mallory.sign(write(other, "PASS.md", "del"), root=other)
+    report = Ingestor(settings, store, FakeEmbedder()).ingest([other])
+    assert [(r["doc_id"], r["reason"]) for r in report.rejected] == [("PASS.md", "doc_id_collision")]
+    assert not report.accepted and "PASS.md" not in Ledger(settings.ledger_path).live()

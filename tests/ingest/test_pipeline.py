@@ -198,3 +198,26 @@ def test_content_check_failure_leaves_store_and_ledger_consistent(
     assert store.count() == live_chunks(settings)  # the first document was written whole, or not at all
     report = Ingestor(settings, store, FakeEmbedder()).ingest([corpus])
     assert len(report.accepted) + len(report.unchanged) == 3 and store.count() == live_chunks(settings)
+
+
+def test_a_document_short_of_chunks_is_flagged_never_written_as_a_hash(
+    settings: Settings, corpus: Path, curator: Curator
+) -> None:
+    store = InMemoryStore()
+    Ingestor(settings, store, FakeEmbedder()).ingest([corpus])
+    real = {doc.doc_id: doc.sha256 for doc in Ledger(settings.ledger_path).live().values()}
+    lost = sorted(i for i in store.ids() if i.startswith("pass.md@"))[0]
+    store.delete([lost])  # a chunk lost from the store: reconcile marks pass.md for a fresh embed
+
+    report = Ingestor(settings, store, FakeEmbedder()).ingest([corpus])
+    assert [r["doc_id"] for r in report.replaced] == ["pass.md"] and store.count() == live_chunks(settings)
+    replaced = [e for e in Ledger(settings.ledger_path).entries() if e["action"] == "replace"]
+    assert [(e["sha256"], e["replaces"]) for e in replaced] == [(real["pass.md"], real["pass.md"])]
+
+    del_chunk = sorted(i for i in store.ids() if i.startswith("del.md@"))[0]
+    store.delete([del_chunk])
+    Ingestor(settings, store, FakeEmbedder()).revoke(curator.entry.keyid, settings.local_trust_path)
+    Ingestor(settings, store, FakeEmbedder()).ingest([])
+    withdrawn = {e["doc_id"]: e["sha256"] for e in Ledger(settings.ledger_path).entries() if e["action"] == "withdraw"}
+    assert withdrawn == real and store.count() == 0
+    assert not any("incomplete" in line for line in settings.ledger_path.read_text().splitlines())

@@ -14,7 +14,7 @@ import pytest
 from ingest.ledger import Ledger
 from ingest.pipeline import Ingestor
 from ingest.provenance import verify_document
-from ingest.trust import TrustStore, read_trust_file
+from ingest.trust import TrustStore, read_trust_file, revoke_key
 from rag.errors import TrustStoreError
 from rag.settings import Settings
 from tests.conftest import REPO, Curator, pydoc_text
@@ -247,3 +247,72 @@ def test_revocation_withdraws_from_real_chroma(settings: Settings, curator: Cura
     assert Ledger(settings.ledger_path).live() == {}
     views = Ingestor(settings, None, None).documents(include_withdrawn=True)
     assert [(v["doc_id"], v["status"]) for v in views] == [("del.md", "withdrawn"), ("pass.md", "withdrawn")]
+
+
+# --- revocation sticks: the ledger's revoke entries hold whatever the trust files say ----------------
+
+
+def test_a_revocation_survives_deleting_the_trust_file_it_was_written_to(
+    settings: Settings, curator: Curator, corpus: Path
+) -> None:
+    from rag.wiring import build_answer_service
+    from tests.ingest.test_commitments import FirstSentenceGenerator, ingestor, verify_cli
+
+    settings.answer.relevance_threshold = 0.05
+    ingestor(settings).ingest([corpus])
+    service = build_answer_service(settings, embedder=FakeEmbedder(), generator=FirstSentenceGenerator())
+    assert service.answer("What does the pass statement do?").citations
+    Ingestor(settings, None, None).revoke(curator.entry.keyid, settings.local_trust_path, "stolen")
+    settings.local_trust_path.unlink()  # un-revoke by deleting the file (data-dir write access, or a mistake)
+
+    assert service.answer("What does the pass statement do?").abstained  # the gate reads the ledger's revoke
+    report = ingestor(settings).ingest([corpus])
+    assert sorted(w["doc_id"] for w in report.withdrawn) == ["assert.md", "del.md", "pass.md"]
+    assert not report.accepted and {r["reason"] for r in report.rejected} == {"revoked_signer"}
+    assert service.answer("What does the pass statement do?").abstained and verify_cli()[0] == 0
+    verdicts = Ingestor(settings, None, None).verify([corpus])
+    assert {v.reason for v in verdicts} == {"revoked_signer"}
+
+
+def test_revoking_into_a_file_the_service_does_not_read_is_refused(
+    settings: Settings, curator: Curator, tmp_path: Path
+) -> None:
+    other = tmp_path / "revocations.json"
+    result = rag("keys", "revoke", curator.entry.keyid, "--trust", str(other))
+    assert result.returncode == 2 and "[trust_file_not_configured]" in result.stderr
+    assert not other.exists() and not settings.ledger_path.exists()
+    ok = rag("keys", "revoke", curator.entry.keyid, "--trust", str(settings.trust_path))
+    assert ok.returncode == 0, ok.stderr
+    assert read_trust_file(settings.trust_path).keys[0].revoked
+
+
+def test_rerunning_revoke_records_the_ledger_entry_a_crash_left_out(
+    settings: Settings, curator: Curator, tmp_path: Path
+) -> None:
+    store = InMemoryStore()
+    Ingestor(settings, store, FakeEmbedder()).ingest([signed(tmp_path / "c", curator).parent])
+    revoke_key(settings.local_trust_path, curator.entry, reason="stolen")  # the trust file was written, then a kill
+    assert not [e for e in Ledger(settings.ledger_path).entries() if e["action"] == "revoke"]
+    entry, new = Ingestor(settings, store, FakeEmbedder()).revoke(curator.entry.keyid, settings.local_trust_path)
+    assert new and entry.revoked
+    (recorded,) = [e for e in Ledger(settings.ledger_path).entries() if e["action"] == "revoke"]
+    assert recorded["signer_keyid"] == curator.entry.keyid and recorded["reason"] == "stolen"
+    assert Ingestor(settings, store, FakeEmbedder()).revoke(curator.entry.keyid, settings.local_trust_path)[1] is False
+
+
+def test_ingest_trust_option_merges_with_the_configured_files(
+    settings: Settings, curator: Curator, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from rag.cli import app
+
+    doc = signed(tmp_path / "c", curator)
+    alternative = tmp_path / "alt.json"
+    alternative.write_text(settings.trust_path.read_text())  # still trusts the key
+    keys = entries_of(settings.trust_path)
+    write_entries(settings.trust_path, [{**keys[0], "revoked": True}])  # revoked in the committed file
+    result = CliRunner().invoke(app, ["ingest", str(doc.parent), "--trust", str(alternative), "--json"])
+    assert result.exit_code == 1
+    summary = json.loads(result.output)
+    assert summary["accepted"] == 0 and summary["rejected_by_reason"] == {"revoked_signer": 1}

@@ -238,3 +238,17 @@ def test_private_key_is_0600_and_never_overwritten(tmp_path: Path) -> None:
         write_key_pair("alice", tmp_path)
     assert err.value.code == "key_exists"
     assert key.read_bytes() == before
+
+
+def test_a_symlink_out_of_the_corpus_is_refused_and_the_run_goes_on(
+    settings: Settings, curator: Curator, tmp_path: Path
+) -> None:
+    root = tmp_path / "c"
+    outside = write(tmp_path, "out.md")
+    curator.sign(outside)
+    (root / "link.md").parent.mkdir(parents=True, exist_ok=True)
+    (root / "link.md").symlink_to(outside)
+    curator.sign(write(root, "ok.md", "del"), root=root)
+    report = make_ingestor(settings).ingest([root])
+    assert [(r["doc_id"], r["reason"]) for r in report.rejected] == [("link.md", "outside_root")]
+    assert [a["doc_id"] for a in report.accepted] == ["ok.md"]

@@ -1,0 +1,241 @@
+"""A zero-shot synthetic-text score at ingest: Fast-DetectGPT's analytic sampling discrepancy.
+
+Bao et al. (ICLR 2024) compare the log-likelihood of the text's own tokens with what the model expects
+of a token it would sample itself. With one model as sampler and scorer, both moments come from the
+logits at each position t, exactly and without sampling:
+
+    ll_t = log p(x_t | x_<t),   mu_t = sum_v p(v) log p(v),   var_t = sum_v p(v) log p(v)^2 - mu_t^2
+    score = (sum_t ll_t - sum_t mu_t) / sqrt(sum_t var_t)
+
+Text drawn from the model at temperature 1 scores about 0; people pick less expected words (negative);
+decoding that sharpens the distribution (lower temperature, top-p, greedy) scores well above 0. The
+score depends on the scoring model, its weights and the tokens scored, so the threshold in the settings
+holds for the configuration it was measured with (README, `bench/detector.py`).
+
+Cost: Gemma's 262k-entry output layer dominates, so a document is scored on at most `max_tokens` tokens
+taken in `windows` windows spread over it, and the logits are computed a slice of positions at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from rag.settings import DetectorSettings
+
+REASON = "synthetic_suspected"
+POSITIONS_PER_SLICE = 64  # rows of logits held at once: 64 x 262k floats = 67 MB for Gemma
+
+
+@dataclass(frozen=True)
+class SyntheticScore:
+    model: str
+    score: float
+    tokens: int
+    seconds: float
+
+    def flagged(self, threshold: float) -> bool:
+        return self.tokens > 0 and self.score > threshold
+
+
+@dataclass
+class TokenStats:
+    """Sums over scored positions: log-likelihood of the text, expected log-likelihood, its variance."""
+
+    ll: float = 0.0
+    mu: float = 0.0
+    var: float = 0.0
+    tokens: int = 0
+
+    def add(self, other: TokenStats) -> None:
+        self.ll += other.ll
+        self.mu += other.mu
+        self.var += other.var
+        self.tokens += other.tokens
+
+    @property
+    def criterion(self) -> float:
+        """The analytic sampling discrepancy; 0 when nothing was scored (or the model was certain throughout)."""
+        if self.tokens == 0 or self.var <= 0.0:
+            return 0.0
+        return (self.ll - self.mu) / math.sqrt(self.var)
+
+
+def token_stats(logits: Any, targets: Any) -> TokenStats:
+    """Stats of rows `logits` [T, V] (row t predicts `targets[t]`), in float64 for the sums."""
+    import torch
+
+    logits = logits.to(torch.float32)
+    log_probs = logits.log_softmax(-1)
+    probs = log_probs.exp()
+    mu = torch.linalg.vecdot(probs, log_probs)
+    second = torch.linalg.vecdot(probs, log_probs * log_probs)
+    ll = log_probs.gather(-1, targets.reshape(-1, 1)).squeeze(-1)
+    var = (second - mu * mu).clamp_min(0.0)
+    return TokenStats(
+        ll=float(ll.double().sum()),
+        mu=float(mu.double().sum()),
+        var=float(var.double().sum()),
+        tokens=int(targets.numel()),
+    )
+
+
+class ScoringModel(Protocol):
+    """A causal LM seen as: text → token ids, and ids → logits predicting each next id."""
+
+    name: str
+    bos_id: int | None
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def logit_slices(self, ids: Sequence[int]) -> Iterator[tuple[int, Any]]:
+        """(start, rows): rows [n, V] of logits at positions start..start+n-1 of `ids` (each predicts the next)."""
+        ...
+
+
+def windows(ids: Sequence[int], limit: int, count: int) -> list[list[int]]:
+    """The ids scored: all of them, or `count` windows of `limit // count` spread evenly over a long text."""
+    if len(ids) <= limit:
+        return [list(ids)] if ids else []
+    count = max(1, min(count, limit))
+    width = limit // count
+    step = (len(ids) - width) / max(count - 1, 1)
+    return [list(ids[int(w * step) : int(w * step) + width]) for w in range(count)]
+
+
+class FastDetectScorer:
+    """Scores text with one `ScoringModel` (analytic Fast-DetectGPT, the model as sampler and scorer)."""
+
+    def __init__(self, model: ScoringModel, settings: DetectorSettings) -> None:
+        self.model = model
+        self.settings = settings
+
+    def stats(self, text: str) -> TokenStats:
+        import torch
+
+        total = TokenStats()
+        for window in windows(self.model.encode(text), self.settings.max_tokens, self.settings.windows):
+            # With a BOS first, every token of the window is predicted; without, the first one is context.
+            ids = [self.model.bos_id, *window] if self.model.bos_id is not None else window
+            if len(ids) < 2:
+                continue
+            targets = torch.tensor(ids[1:], dtype=torch.long)
+            for start, rows in self.model.logit_slices(ids[:-1]):
+                total.add(token_stats(rows, targets[start : start + rows.shape[0]]))
+        return total
+
+    def score(self, text: str) -> SyntheticScore:
+        started = time.perf_counter()
+        stats = self.stats(text)
+        return SyntheticScore(self.model.name, stats.criterion, stats.tokens, time.perf_counter() - started)
+
+
+class TransformersScoringModel:
+    """A local causal LM from `rag.models` (or a generator's already loaded copy) as a `ScoringModel`."""
+
+    def __init__(self, name: str, model: Any, tokenizer: Any) -> None:
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.bos_id = tokenizer.bos_token_id
+        self._lock = threading.Lock()
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def logit_slices(self, ids: Sequence[int]) -> Iterator[tuple[int, Any]]:
+        import torch
+
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        with self._lock, torch.inference_mode():
+            hidden = self.model.model(input_ids=torch.tensor([list(ids)], dtype=torch.long)).last_hidden_state[0]
+            for start in range(0, hidden.shape[0], POSITIONS_PER_SLICE):
+                rows = self.model.lm_head(hidden[start : start + POSITIONS_PER_SLICE]).float()
+                if cap:  # Gemma 2 style soft-capping, applied as the model's own forward would
+                    rows = torch.tanh(rows / cap) * cap
+                yield start, rows
+
+
+def load_scoring_model(settings: DetectorSettings, cache_root: Path, generator: Any = None) -> ScoringModel:
+    """The scoring model: the generator's own loaded copy when it is the same local model, else one from the cache.
+
+    A generator running a quantised head (`compact-table`, `int8-head`) scores with those approximate logits;
+    the threshold was measured with the float32 weights (README)."""
+    spec = getattr(generator, "spec", None)
+    if spec is not None and spec.name == settings.model and hasattr(generator, "warm_up"):
+        generator.warm_up()
+        return TransformersScoringModel(settings.model, generator._model, generator._tokenizer)
+    from rag.models import load_model
+
+    model, tokenizer = load_model(settings.model, cache_root)
+    return TransformersScoringModel(settings.model, model, tokenizer)
+
+
+class SyntheticTextCheck:
+    """The ingest check: scores each new document, marks it (`flag`) or holds it (`quarantine`, reason
+    `synthetic_suspected`) unless a curator admitted that very text (`admitted()`: text digests)."""
+
+    def __init__(
+        self,
+        settings: DetectorSettings,
+        scorer: Callable[[], FastDetectScorer],
+        admitted: Callable[[], set[str]] = set,
+    ) -> None:
+        self.settings = settings
+        self._scorer_factory = scorer
+        self._scorer: FastDetectScorer | None = None
+        self.admitted = admitted
+        self._cache: OrderedDict[str, SyntheticScore] = OrderedDict()
+
+    def scorer(self) -> FastDetectScorer:
+        if self._scorer is None:
+            self._scorer = self._scorer_factory()
+        return self._scorer
+
+    def score(self, text: str) -> SyntheticScore:
+        """Scored once per text: the decision and the note of one document share it."""
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        found = self._cache.get(digest)
+        if found is None:
+            found = self.scorer().score(text)
+            self._cache[digest] = found
+            while len(self._cache) > 64:
+                self._cache.popitem(last=False)
+        return found
+
+    def check(self, text: str) -> tuple[str, str] | None:
+        if self.settings.policy != "quarantine":
+            return None
+        scored = self.score(text)
+        if not scored.flagged(self.settings.threshold):
+            return None
+        if hashlib.sha256(text.encode("utf-8")).hexdigest() in self.admitted():
+            return None
+        return (
+            REASON,
+            f"reads like machine text (Fast-DetectGPT score {scored.score:.2f} with {scored.model} over "
+            f"{scored.tokens} tokens, threshold {self.settings.threshold}); held for a curator: rag admit DOC_ID",
+        )
+
+    def note(self, text: str) -> dict[str, Any]:
+        """What the ledger entry of an admitted document records about its score (nothing with policy `off`)."""
+        if self.settings.policy == "off":
+            return {}
+        scored = self.score(text)
+        note: dict[str, Any] = {
+            "score": round(scored.score, 4),
+            "model": scored.model,
+            "tokens": scored.tokens,
+            "threshold": self.settings.threshold,
+            "flagged": scored.flagged(self.settings.threshold),
+        }
+        if note["flagged"] and hashlib.sha256(text.encode("utf-8")).hexdigest() in self.admitted():
+            note["admitted_by_curator"] = True
+        return {"synthetic": note}
