@@ -16,29 +16,31 @@ from typing import Any
 
 from ingest.decisions import IngestReport
 from ingest.ledger import Ledger
+from ingest.provenance import text_digest
 from rag.errors import InvalidInputError, NotFoundError
 from rag.guardrails.detector import REASON
 from rag.settings import Settings
 
 
 class AdmittedDigests:
-    """Text digests a curator admitted (ledger `admit` entries), re-read only when the ledger file changes."""
+    """(document id, text digest) pairs a curator admitted (ledger `admit` entries), re-read only when the
+    ledger file changes. An admission is of one text under one id: the same text under another id is not."""
 
     def __init__(self, ledger_path: Path) -> None:
         self.ledger_path = ledger_path
         self._seen: tuple[int, int] | None = None
-        self._digests: set[str] = set()
+        self._digests: set[tuple[str, str]] = set()
 
-    def __call__(self) -> set[str]:
+    def __call__(self) -> set[tuple[str, str]]:
         try:
             stat = os.stat(self.ledger_path)
         except FileNotFoundError:
             return set()
         if self._seen != (stat.st_size, stat.st_mtime_ns):
             self._digests = {
-                str(entry["sha256"])
+                (str(entry["doc_id"]), str(entry["sha256"]))
                 for entry in Ledger(self.ledger_path).entries()
-                if entry.get("action") == "admit" and entry.get("sha256")
+                if entry.get("action") == "admit" and entry.get("sha256") and entry.get("doc_id")
             }
             self._seen = (stat.st_size, stat.st_mtime_ns)
         return self._digests
@@ -77,7 +79,17 @@ def admit(ingestor: Any, doc_id: str, *, curator: str, path: Path | None = None)
     # The corpus root is what the document id is relative to (a nested id was ingested with its folder).
     depth = len(Path(doc_id).parts)
     root = document.parents[depth - 1]
-    sha256 = str(held["sha256"])
+    # The digest admitted is that of the file being admitted, not what the quarantine report (a plain file) says.
+    try:
+        sha256 = text_digest(document.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(f"{document} is not UTF-8 text: {error}", code="unreadable") from error
+    if held.get("sha256") and sha256 != held["sha256"]:
+        raise InvalidInputError(
+            f"{document} is not the text that was held (digest {sha256[:12]}, held {str(held['sha256'])[:12]}); "
+            f"ingest it to have it decided again.",
+            code="changed_since_held",
+        )
     with ingestor._locked():  # the ledger is written under the ingest lock, after it verifies
         ledger: Ledger = ingestor.ledger
         known = any(
@@ -124,6 +136,8 @@ def synthetic_cell(note: dict[str, Any] | None) -> str:
     """The synthetic-text score as `rag documents` shows it: the score, marked when above the threshold."""
     if not note:
         return "-"
+    if "error" in note:
+        return "error"
     mark = " flagged" if note.get("flagged") else ""
     admitted = ", admitted" if note.get("admitted_by_curator") else ""
     return f"{note.get('score', 0.0):+.2f}{mark}{admitted}"

@@ -20,6 +20,7 @@ from ingest.ledger import LiveDocument, chunk_id
 from ingest.loaders import extract_text, is_markdown
 from ingest.provenance import Verdict, verify_document
 from ingest.trust import TrustStore, utc_now
+from rag.guardrails.detector import SyntheticTextCheck
 from rag.settings import IngestSettings
 from rag.types import Chunk
 
@@ -213,7 +214,7 @@ class Decider:
         for check in self.checks:
             note = getattr(check, "note", None)  # checks that mark what they admit (the synthetic-text score)
             if note is not None:
-                notes.update(note(verdict.text))
+                notes.update(note(verdict.text, doc_id=verdict.doc_id))
         return Pending(
             verdict=verdict,
             action="replace" if current is not None else "add",
@@ -230,7 +231,12 @@ class Decider:
         if origin not in policy.allowed_origins or origin == "ai-generated":
             return _refuse(verdict, "disallowed_origin", f"origin {origin!r} is not admitted by the policy")
         for check in self.checks:
-            found = check.check(verdict.text)
+            # The synthetic-text check takes the document id too: a curator's admission is of a text under an id.
+            found = (
+                check.check(verdict.text, doc_id=verdict.doc_id)
+                if isinstance(check, SyntheticTextCheck)
+                else check.check(verdict.text)
+            )
             if found is not None:
                 return _refuse(verdict, found[0], found[1])
         if origin != "human":

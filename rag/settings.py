@@ -135,8 +135,20 @@ class DetectorSettings(BaseModel):
         description="Scores above this are marked as likely machine text. Measured (bench/detector.py): human text "
         "max 0.96 (379 texts), Gemma text min 1.75, SmolLM2 text 65% above; 1.5 keeps a margin (README).",
     )
-    max_tokens: int = Field(256, ge=16, le=2048, description="Tokens scored per document, in windows spread over it.")
-    windows: int = Field(2, ge=1, le=16, description="Windows a long document's scored tokens are taken from.")
+    max_tokens: int = Field(
+        512,
+        ge=16,
+        le=8192,
+        description="Tokens scored per document at most (the cost bound), in `windows` windows of "
+        "max_tokens // windows tokens; a shorter document is tiled by such windows whole.",
+    )
+    windows: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Windows scored per document at most; the score is the highest window's. A document longer "
+        "than max_tokens is scored on this many windows spread over it (its coverage is recorded).",
+    )
 
 
 class Settings(BaseSettings):

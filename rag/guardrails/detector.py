@@ -12,13 +12,17 @@ decoding that sharpens the distribution (lower temperature, top-p, greedy) score
 score depends on the scoring model, its weights and the tokens scored, so the threshold in the settings
 holds for the configuration it was measured with (README, `bench/detector.py`).
 
-Cost: Gemma's 262k-entry output layer dominates, so a document is scored on at most `max_tokens` tokens
-taken in `windows` windows spread over it, and the logits are computed a slice of positions at a time.
+Windows: a document is cut into windows of `max_tokens // windows` tokens that tile it (the last one ends at
+its end), each scored on its own; the document's score is the highest window score, so machine text between
+human paragraphs is not averaged away. Cost: Gemma's 262k-entry output layer dominates, so at most `windows`
+windows (`max_tokens` tokens) are scored: a longer document is scored on that many windows spread evenly over
+it, and the share of its tokens they cover is recorded. Logits are computed a slice of positions at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 import time
@@ -31,6 +35,8 @@ from typing import Any, Protocol
 from rag.settings import DetectorSettings
 
 REASON = "synthetic_suspected"
+FAILED = "detector_failed"
+log = logging.getLogger(__name__)
 POSITIONS_PER_SLICE = 64  # rows of logits held at once: 64 x 262k floats = 67 MB for Gemma
 
 
@@ -40,6 +46,9 @@ class SyntheticScore:
     score: float
     tokens: int
     seconds: float
+    coverage: float = 1.0  # share of the document's tokens inside a scored window
+    windows: int = 1
+    pooled: float = 0.0  # the criterion over all scored windows together (for comparison)
 
     def flagged(self, threshold: float) -> bool:
         return self.tokens > 0 and self.score > threshold
@@ -101,13 +110,30 @@ class ScoringModel(Protocol):
 
 
 def windows(ids: Sequence[int], limit: int, count: int) -> list[list[int]]:
-    """The ids scored: all of them, or `count` windows of `limit // count` spread evenly over a long text."""
-    if len(ids) <= limit:
-        return [list(ids)] if ids else []
+    """The ids scored: windows of `limit // count` ids tiling the text (the last one ending at its end), or,
+    when more than `count` would be needed, `count` of those spread evenly over it. A text no longer than one
+    window is one window."""
+    if not ids:
+        return []
     count = max(1, min(count, limit))
-    width = limit // count
-    step = (len(ids) - width) / max(count - 1, 1)
-    return [list(ids[int(w * step) : int(w * step) + width]) for w in range(count)]
+    width = max(1, limit // count)
+    if len(ids) <= width:
+        return [list(ids)]
+    starts = [*range(0, len(ids) - width, width), len(ids) - width]
+    if len(starts) > count:
+        step = (len(starts) - 1) / max(count - 1, 1)
+        starts = [starts[round(w * step)] for w in range(count)] if count > 1 else [starts[0]]
+    return [list(ids[start : start + width]) for start in starts]
+
+
+def coverage(total: int, limit: int, count: int) -> float:
+    """The share of `total` ids that `windows` scores (1.0 when it tiles the whole text)."""
+    if total == 0:
+        return 1.0
+    count = max(1, min(count, limit))
+    width = max(1, limit // count)
+    tiles = max(1, math.ceil(total / width))
+    return 1.0 if tiles <= count else min(1.0, count * width / total)
 
 
 class FastDetectScorer:
@@ -117,24 +143,48 @@ class FastDetectScorer:
         self.model = model
         self.settings = settings
 
-    def stats(self, text: str) -> TokenStats:
+    def window_stats(self, text: str) -> tuple[list[TokenStats], int]:
+        """The stats of each scored window, and the number of tokens in the text."""
         import torch
 
-        total = TokenStats()
-        for window in windows(self.model.encode(text), self.settings.max_tokens, self.settings.windows):
+        ids = self.model.encode(text)
+        found = []
+        for window in windows(ids, self.settings.max_tokens, self.settings.windows):
             # With a BOS first, every token of the window is predicted; without, the first one is context.
-            ids = [self.model.bos_id, *window] if self.model.bos_id is not None else window
-            if len(ids) < 2:
+            scored = [self.model.bos_id, *window] if self.model.bos_id is not None else window
+            if len(scored) < 2:
                 continue
-            targets = torch.tensor(ids[1:], dtype=torch.long)
-            for start, rows in self.model.logit_slices(ids[:-1]):
-                total.add(token_stats(rows, targets[start : start + rows.shape[0]]))
+            targets = torch.tensor(scored[1:], dtype=torch.long)
+            stats = TokenStats()
+            for start, rows in self.model.logit_slices(scored[:-1]):
+                stats.add(token_stats(rows, targets[start : start + rows.shape[0]]))
+            found.append(stats)
+        return found, len(ids)
+
+    def stats(self, text: str) -> TokenStats:
+        """The stats of all scored windows pooled."""
+        total = TokenStats()
+        for stats in self.window_stats(text)[0]:
+            total.add(stats)
         return total
 
     def score(self, text: str) -> SyntheticScore:
+        """The highest window score (0 when nothing was scored), with the pooled one beside it."""
         started = time.perf_counter()
-        stats = self.stats(text)
-        return SyntheticScore(self.model.name, stats.criterion, stats.tokens, time.perf_counter() - started)
+        found, length = self.window_stats(text)
+        pooled = TokenStats()
+        for stats in found:
+            pooled.add(stats)
+        best = max((stats.criterion for stats in found if stats.tokens), default=0.0)
+        return SyntheticScore(
+            self.model.name,
+            best,
+            pooled.tokens,
+            time.perf_counter() - started,
+            coverage=coverage(length, self.settings.max_tokens, self.settings.windows),
+            windows=len(found),
+            pooled=pooled.criterion,
+        )
 
 
 class TransformersScoringModel:
@@ -180,13 +230,14 @@ def load_scoring_model(settings: DetectorSettings, cache_root: Path, generator: 
 
 class SyntheticTextCheck:
     """The ingest check: scores each new document, marks it (`flag`) or holds it (`quarantine`, reason
-    `synthetic_suspected`) unless a curator admitted that very text (`admitted()`: text digests)."""
+    `synthetic_suspected`) unless a curator admitted that very text under that id (`admitted()`: pairs of
+    document id and text digest)."""
 
     def __init__(
         self,
         settings: DetectorSettings,
         scorer: Callable[[], FastDetectScorer],
-        admitted: Callable[[], set[str]] = set,
+        admitted: Callable[[], set[tuple[str, str]]] = set,
     ) -> None:
         self.settings = settings
         self._scorer_factory = scorer
@@ -201,7 +252,7 @@ class SyntheticTextCheck:
 
     def score(self, text: str) -> SyntheticScore:
         """Scored once per text: the decision and the note of one document share it."""
-        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        digest = _digest(text)
         found = self._cache.get(digest)
         if found is None:
             found = self.scorer().score(text)
@@ -210,32 +261,57 @@ class SyntheticTextCheck:
                 self._cache.popitem(last=False)
         return found
 
-    def check(self, text: str) -> tuple[str, str] | None:
+    def is_admitted(self, doc_id: str | None, text: str) -> bool:
+        return doc_id is not None and (doc_id, _digest(text)) in self.admitted()
+
+    def check(self, text: str, doc_id: str | None = None) -> tuple[str, str] | None:
+        """Under `quarantine`: hold a document that scores above the threshold, or that could not be scored
+        (`detector_failed`: only that document; the next ingest decides again)."""
         if self.settings.policy != "quarantine":
             return None
-        scored = self.score(text)
+        try:
+            scored = self.score(text)
+        except Exception as error:  # a broken scorer holds this document, it does not stop the ingest
+            log.exception("synthetic-text detector failed; the document is held (%s)", FAILED)
+            return FAILED, f"the synthetic-text detector failed ({_short(error)}); held until it scores again"
         if not scored.flagged(self.settings.threshold):
             return None
-        if hashlib.sha256(text.encode("utf-8")).hexdigest() in self.admitted():
+        if self.is_admitted(doc_id, text):
             return None
         return (
             REASON,
-            f"reads like machine text (Fast-DetectGPT score {scored.score:.2f} with {scored.model} over "
-            f"{scored.tokens} tokens, threshold {self.settings.threshold}); held for a curator: rag admit DOC_ID",
+            f"reads like machine text (Fast-DetectGPT score {scored.score:.2f} with {scored.model}, highest of "
+            f"{scored.windows} windows over {scored.tokens} tokens ({scored.coverage:.0%} of the text), threshold "
+            f"{self.settings.threshold}); held for a curator: rag admit DOC_ID",
         )
 
-    def note(self, text: str) -> dict[str, Any]:
+    def note(self, text: str, doc_id: str | None = None) -> dict[str, Any]:
         """What the ledger entry of an admitted document records about its score (nothing with policy `off`)."""
         if self.settings.policy == "off":
             return {}
-        scored = self.score(text)
+        try:
+            scored = self.score(text)
+        except Exception as error:  # policy `flag`: admitted unscored, the error recorded
+            log.exception("synthetic-text detector failed; the document is admitted unscored")
+            return {"synthetic": {"error": _short(error)}}
         note: dict[str, Any] = {
             "score": round(scored.score, 4),
             "model": scored.model,
             "tokens": scored.tokens,
+            "windows": scored.windows,
+            "coverage": round(scored.coverage, 4),
             "threshold": self.settings.threshold,
             "flagged": scored.flagged(self.settings.threshold),
         }
-        if note["flagged"] and hashlib.sha256(text.encode("utf-8")).hexdigest() in self.admitted():
+        if note["flagged"] and self.is_admitted(doc_id, text):
             note["admitted_by_curator"] = True
         return {"synthetic": note}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _short(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= 200 else text[:199] + "…"

@@ -4,7 +4,9 @@ A watermark needs a hundred or more generated tokens to show; a released answer 
 service records what it releases (each sentence, and the whole answer when it has several) before the text
 leaves, and ingest looks each sentence of a new document up:
 
-- an exact hash (BLAKE2b, 64 bits) of the normalised text (NFKC, case folded, citation marks and punctuation gone);
+- an exact hash (BLAKE2b, 64 bits) of the normalised text (NFKC, format characters such as zero-width spaces and
+  soft hyphens dropped, Cyrillic and Greek look-alikes of Latin letters folded, case folded, citation marks and
+  punctuation gone);
 - a MinHash (datasketch, 64 permutations, the low 16 bits of each kept) over word bigrams, banded for LSH with
   the bands and rows datasketch's `MinHashLSH` chooses for the threshold; a candidate matches when its estimated
   Jaccard similarity reaches it. A word changed in a 15-word sentence keeps a bigram Jaccard of ~0.75;
@@ -31,7 +33,7 @@ import threading
 import time
 import unicodedata
 import zlib
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +61,24 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
 _MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5] * 8, dtype=np.uint64)
 
 
+# Cyrillic and Greek letters that look like Latin ones, folded to them (a laundered copy swaps a few in).
+_CONFUSABLES = str.maketrans(
+    {
+        **dict(zip("аеорсухіјѕ", "aeopcyxijs", strict=True)),
+        **dict(zip("АЕОРСУХІЈЅ", "aeopcyxijs", strict=True)),
+        **dict(zip("οαεικνρτυχ", "oaeikvptux", strict=True)),
+        **dict(zip("ΟΑΕΙΚΝΡΤΥΧ", "oaeiknptyx", strict=True)),
+    }
+)
+
+
 def normalise(text: str) -> str:
-    """The form fingerprints are taken of: NFKC, case folded, no citation marks, words separated by one space."""
-    text = _CITATION.sub("", unicodedata.normalize("NFKC", text)).casefold()
+    """The form fingerprints are taken of: NFKC, format characters (Unicode category Cf: zero-width space and
+    joiner, soft hyphen, bidi marks) dropped, Cyrillic and Greek look-alikes folded to Latin, case folded, no
+    citation marks, words separated by one space."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf").translate(_CONFUSABLES)
+    text = _CITATION.sub("", text).casefold()
     return " ".join(_NON_WORD.sub(" ", text).split())
 
 
@@ -127,7 +144,9 @@ class OutputRegistry:
         self.min_words = min_words
         self.fingerprinter = Fingerprinter(threshold)
         self._lock = threading.Lock()
-        self._records = np.zeros(0, dtype=RECORD)
+        self._chunks: list[np.ndarray] = []  # records as read, joined only when a lookup needs them all
+        self._joined = np.zeros(0, dtype=RECORD)
+        self._count = 0
         self._offset = 0  # bytes of the file read so far (header and whole records)
         self._identity: tuple[int, int] | None = None
         self._digests: dict[bytes, int] = {}  # digest → first release time
@@ -138,7 +157,7 @@ class OutputRegistry:
     def __len__(self) -> int:
         with self._lock:
             self._sync()
-            return len(self._records)
+            return self._count
 
     def record(self, released: Sequence[str], passages: Sequence[str] = ()) -> int:
         """Register released sentences (and, if several, the whole answer) that are not quotations of `passages`.
@@ -152,19 +171,21 @@ class OutputRegistry:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock, FileLock(str(self.path) + ".lock"):
             self._sync()
-            records = self.fingerprint(texts, int(time.time() * 1000), skip=set(self._digests))
+            records = self.fingerprint(texts, int(time.time() * 1000), skip=self._digests.keys())
             if len(records):
                 self._append(records.tobytes())
                 self._sync()
         return len(records)
 
-    def fingerprint(self, texts: Sequence[tuple[int, str]], now_ms: int, skip: set[bytes] | None = None) -> np.ndarray:
+    def fingerprint(
+        self, texts: Sequence[tuple[int, str]], now_ms: int, skip: Container[bytes] = frozenset()
+    ) -> np.ndarray:
         """Records for (kind, text) pairs, without those whose digest is in `skip` (or repeated)."""
-        batch, seen = [], set(skip or ())
+        batch, seen = [], set[bytes]()
         for kind, text in texts:
             norm = normalise(text)
             key = digest(norm)
-            if key not in seen:
+            if key not in seen and key not in skip:
                 seen.add(key)
                 batch.append((kind, min(len(norm.split()), 65535), now_ms, key, self.fingerprinter.signature(norm), 0))
         records = np.array(batch, dtype=RECORD)
@@ -182,7 +203,7 @@ class OutputRegistry:
         """The sentences of `text` that match released output (exactly, or as near as the threshold)."""
         with self._lock:
             self._sync()
-            if not len(self._records):
+            if not self._count:
                 return []
             units = paragraphs(text)
             found = {m.sentence: m for m in self._lookup([s for p in units for s in p])}
@@ -232,6 +253,14 @@ class OutputRegistry:
                 found.append(Match(sentence, int(self._records["time_ms"][index[best]]), float(similarity[best])))
         return found
 
+    @property
+    def _records(self) -> np.ndarray:
+        """All records read, joined once after each batch of syncs (a release appends without copying)."""
+        if self._chunks:  # np.concatenate copies: the chunks read from the file are read-only views
+            self._joined = np.concatenate([self._joined, *self._chunks] if len(self._joined) else self._chunks)
+            self._chunks = []
+        return self._joined
+
     def _band_index(self) -> list[tuple[np.ndarray, np.ndarray]]:
         if self._bands is None:
             keys = self.fingerprinter.band_keys(self._records["sig"])
@@ -271,11 +300,14 @@ class OutputRegistry:
         for key, released in zip(records["digest"].tolist(), records["time_ms"].tolist(), strict=True):
             self._digests.setdefault(key, released)
         self._answers.update(records["digest"][records["kind"] == KIND_ANSWER].tolist())
-        self._records = np.concatenate([self._records, records]) if len(self._records) else records.copy()
-        self._bands = None
+        if len(records):
+            self._chunks.append(records)
+            self._count += len(records)
+            self._bands = None
 
     def _reset(self) -> None:
-        self._records, self._offset, self._identity = np.zeros(0, dtype=RECORD), 0, None
+        self._chunks, self._joined, self._count = [], np.zeros(0, dtype=RECORD), 0
+        self._offset, self._identity = 0, None
         self._digests, self._answers, self._bands, self.damaged = {}, set(), None, 0
 
     def _append(self, data: bytes) -> None:

@@ -386,6 +386,7 @@ def test_real_edit_remove_restore(world: tuple[SquadData, Path, Path]) -> None:
     seen: list[dict[str, Any]] = []
 
     def ask(question: str) -> Mapping[str, Answer]:
+        service.refresh()  # what `answer` does first: follow the ledger head the ingestor just moved
         hits = service.retriever.retrieve(question, 3)
         seen.append(
             {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -16,10 +17,12 @@ from ingest.ledger import Ledger
 from ingest.pipeline import Ingestor
 from rag.errors import NotFoundError
 from rag.guardrails.detector import (
+    FAILED,
     REASON,
     FastDetectScorer,
     SyntheticTextCheck,
     TokenStats,
+    coverage,
     token_stats,
     windows,
 )
@@ -37,7 +40,7 @@ class FakeScoringModel:
     """Words starting with "m" are token 0 (what the model expects), any other word token 1 (a surprise)."""
 
     name = "fake"
-    bos_id = None
+    bos_id: int | None = None
 
     def __init__(self) -> None:
         self.calls = 0
@@ -71,7 +74,7 @@ def test_uniform_rows_have_no_variance_and_score_zero() -> None:
 
 
 def test_score_sums_over_positions_and_slices() -> None:
-    scorer = FastDetectScorer(FakeScoringModel(), DetectorSettings(max_tokens=64))
+    scorer = FastDetectScorer(FakeScoringModel(), DetectorSettings(max_tokens=64, windows=1))
     # Without a BOS the first word is context; n expected tokens score (0.5 n) / sqrt(0.25 n) = sqrt(n).
     machine = scorer.score("m " * 10)
     assert machine.tokens == 9 and machine.score == pytest.approx(3.0)
@@ -81,11 +84,82 @@ def test_score_sums_over_positions_and_slices() -> None:
 
 
 def test_long_texts_are_scored_in_windows_spread_over_them() -> None:
-    assert windows(list(range(10)), 4, 2) == [[0, 1], [8, 9]]
-    assert windows(list(range(3)), 4, 2) == [[0, 1, 2]]
+    assert windows(list(range(10)), 4, 2) == [[0, 1], [8, 9]]  # more windows needed than allowed: spread
+    assert windows(list(range(3)), 4, 2) == [[0, 1], [1, 2]]  # tiled whole, the last window ending at the end
+    assert windows(list(range(2)), 4, 2) == [[0, 1]]
+    assert windows(list(range(7)), 8, 4) == [[0, 1], [2, 3], [4, 5], [5, 6]]
     assert windows([], 4, 2) == []
+    assert coverage(7, 8, 4) == 1.0 and coverage(100, 16, 2) == pytest.approx(0.16)
     scorer = FastDetectScorer(FakeScoringModel(), DetectorSettings(max_tokens=16, windows=2))
-    assert scorer.score("m " * 100).tokens == 2 * 7  # two windows of 8, each with its first token as context
+    scored = scorer.score("m " * 100)
+    assert scored.tokens == 2 * 7  # two windows of 8, each with its first token as context
+    assert scored.windows == 2 and scored.coverage == pytest.approx(0.16)
+
+
+def test_machine_text_between_human_text_scores_as_its_window() -> None:
+    """The score is the highest window's, over windows tiling the whole text: padding does not dilute it."""
+    settings = DetectorSettings(max_tokens=2048, windows=16, threshold=1.5)  # windows of 128 tokens
+    scorer = FastDetectScorer(FakeScoringModel(), settings)
+    sandwich = "h " * 400 + "m " * 200 + "h " * 400
+    scored = scorer.score(sandwich)
+    assert scored.pooled < 0 < settings.threshold < scored.score  # pooled, the human text would hide it
+    assert scored.flagged(settings.threshold) and scored.coverage == 1.0 and scored.windows == 8
+    assert not scorer.score("h " * 1000).flagged(settings.threshold)
+
+
+def test_quarantine_holds_machine_text_padded_with_human_text(
+    settings: Settings, corpus: Path, curator: Curator
+) -> None:
+    ingestor, _ = build(settings, "quarantine")
+    settings.detector.max_tokens, settings.detector.windows = 2048, 16
+    notes = corpus / "notes.md"
+    notes.write_text("# Notes\n\n" + "h " * 400 + "m " * 200 + "h " * 400 + "\n", encoding="utf-8")
+    curator.sign(notes, origin="human-edited-ai", title="notes")
+    report = ingestor.ingest([notes])
+    assert [(r["doc_id"], r["reason"]) for r in report.rejected] == [("notes.md", REASON)]
+    assert "8 windows" in report.rejected[0]["detail"] and "100% of the text" in report.rejected[0]["detail"]
+
+
+def test_the_ledger_note_records_windows_and_coverage(settings: Settings, corpus: Path, curator: Curator) -> None:
+    made_up(corpus / "notes.md", curator)
+    ingestor, _ = build(settings, "flag")
+    settings.detector.max_tokens, settings.detector.windows = 32, 2  # 62 words, 2 windows of 16: 32 / 62
+    ingestor.ingest([corpus])
+    note = live_entry(settings, "notes.md")["synthetic"]
+    assert note["windows"] == 2 and note["coverage"] == pytest.approx(32 / 62, abs=1e-4)
+
+
+class BrokenScorer:
+    def score(self, text: str) -> Any:
+        raise RuntimeError("model cache missing")
+
+
+def test_a_detector_failure_under_flag_admits_and_records_the_error(
+    settings: Settings, corpus: Path, curator: Curator, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.detector.policy = "flag"
+    check = SyntheticTextCheck(settings.detector, BrokenScorer, AdmittedDigests(settings.ledger_path))  # type: ignore[arg-type]
+    report = Ingestor(settings, InMemoryStore(), FakeEmbedder(), checks=[check]).ingest([corpus])
+    assert not report.rejected and len(report.accepted) == 3
+    assert live_entry(settings, "del.md")["synthetic"] == {"error": "RuntimeError: model cache missing"}
+    assert "detector failed" in caplog.text
+
+
+def test_a_detector_failure_under_quarantine_holds_only_that_document(
+    settings: Settings, corpus: Path, curator: Curator
+) -> None:
+    settings.detector.policy = "quarantine"
+
+    class FailsOnDel:
+        def score(self, text: str) -> Any:
+            if "del" in text:
+                raise RuntimeError("out of memory")
+            return FastDetectScorer(FakeScoringModel(), settings.detector).score(text)
+
+    check = SyntheticTextCheck(settings.detector, FailsOnDel, AdmittedDigests(settings.ledger_path))  # type: ignore[arg-type]
+    report = Ingestor(settings, InMemoryStore(), FakeEmbedder(), checks=[check]).ingest([corpus])
+    assert [(r["doc_id"], r["reason"]) for r in report.rejected] == [("del.md", FAILED)]
+    assert "out of memory" in report.rejected[0]["detail"] and len(report.accepted) == 2
 
 
 # --- the ingest policy ---------------------------------------------------------------------------------
@@ -158,6 +232,45 @@ def test_quarantine_holds_until_a_curator_admits(settings: Settings, corpus: Pat
     again = build(settings, "quarantine")[0].ingest([corpus])
     assert [(r["doc_id"], r["reason"]) for r in again.rejected] == [("notes.md", REASON)]
     assert [w["doc_id"] for w in again.withdrawn] == []  # the admitted version stays until a curator decides
+
+
+def test_an_admission_is_of_one_text_under_one_id(settings: Settings, corpus: Path, curator: Curator) -> None:
+    made_up(corpus / "notes.md", curator)
+    ingestor, _ = build(settings, "quarantine")
+    ingestor.ingest([corpus])
+    admit(ingestor, "notes.md", curator="alice")
+    check = SyntheticTextCheck(
+        settings.detector,
+        lambda: FastDetectScorer(FakeScoringModel(), settings.detector),
+        AdmittedDigests(settings.ledger_path),
+    )
+    text = (corpus / "notes.md").read_text(encoding="utf-8")
+    assert check.check(text, doc_id="notes.md") is None
+    # The very same text under another id (or with none) is a new decision: held.
+    assert (check.check(text, doc_id="copy.md") or ("",))[0] == REASON
+    assert (check.check(text) or ("",))[0] == REASON
+
+
+def test_admit_digests_the_file_not_the_quarantine_report(settings: Settings, corpus: Path, curator: Curator) -> None:
+    from rag.errors import InvalidInputError
+
+    notes = made_up(corpus / "notes.md", curator)
+    ingestor, _ = build(settings, "quarantine")
+    ingestor.ingest([corpus])
+    # The report says another text was held (a tampered or stale file): the admission is refused.
+    report = json.loads(settings.quarantine_path.read_text())
+    for item in report.values():
+        item["sha256"] = "0" * 64
+    settings.quarantine_path.write_text(json.dumps(report))
+    with pytest.raises(InvalidInputError, match="not the text that was held"):
+        admit(ingestor, "notes.md", curator="alice")
+    assert not [e for e in Ledger(settings.ledger_path).entries() if e["action"] == "admit"]
+    # Restored, the recorded digest is the file's own.
+    for item in report.values():
+        item["sha256"] = hashlib.sha256(notes.read_bytes()).hexdigest()
+    settings.quarantine_path.write_text(json.dumps(report))
+    done = admit(ingestor, "notes.md", curator="alice")
+    assert done.sha256 == hashlib.sha256(notes.read_bytes()).hexdigest()
 
 
 def test_documents_lists_held_and_admit_refuses_what_is_not_held(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from ingest.pipeline import Ingestor
-from rag.guardrails.registry import HEADER, RECORD, OutputRegistry, OwnOutputCheck
+from rag.guardrails.registry import HEADER, RECORD, OutputRegistry, OwnOutputCheck, normalise
 from rag.settings import Settings
 from rag.wiring import build_output_registry, content_checks
 from tests.conftest import Curator, pydoc_text
@@ -140,3 +142,47 @@ def test_ingest_refuses_released_answers_signed_as_human(settings: Settings, cur
     (rejected,) = report.rejected
     assert rejected["doc_id"] == "faq.md" and rejected["reason"] == "own_output_detected"
     assert "3 of 3 sentences" in rejected["detail"]
+
+
+@pytest.mark.parametrize(
+    "launder",
+    [
+        lambda t: t.translate(str.maketrans({"o": "\u043e", "e": "\u0435", "a": "\u0430"})),  # Cyrillic о е а
+        lambda t: t.translate(str.maketrans({"o": "\u03bf", "i": "\u03b9"})),  # Greek ο ι
+        lambda t: t.replace("T", "\u03a4").replace("A", "\u0391"),  # Greek capitals Τ Α
+        lambda t: t.replace("e", "e\u200b"),  # zero-width space
+        lambda t: t.replace("in", "i\u00adn").replace("s", "s\u200d"),  # soft hyphen, zero-width joiner
+        lambda t: "\u200f" + t.replace(" ", " \u202a") + "\u2069",  # bidi marks
+    ],
+)
+def test_format_characters_and_look_alike_letters_do_not_hide_a_released_answer(
+    registry: OutputRegistry, launder: Any
+) -> None:
+    registry.record(ANSWER)
+    laundered = "\n\n".join(launder(s) for s in ANSWER)
+    assert laundered != "\n\n".join(ANSWER)
+    found = registry.matches(laundered)
+    assert len(found) == 3 and all(m.similarity == 1.0 for m in found)
+    assert normalise(launder(ANSWER[0])) == normalise(ANSWER[0])
+
+
+def test_recording_neither_copies_the_digests_nor_joins_the_records(
+    registry: OutputRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.record(ANSWER[:1])
+    assert registry.matches(ANSWER[0])  # joined once, for the lookup
+    joins: list[int] = []
+    real = np.concatenate
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        joins.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np, "concatenate", counted)
+    for i in range(5):
+        assert registry.record([f"This is released sentence number {i} of the test run today."]) == 1
+    assert joins == [] and len(registry) == 6
+    assert len(registry.matches("This is released sentence number 3 of the test run today.")) == 1  # by digest
+    assert joins == []
+    (near,) = registry.matches("This is the released sentence number 3 of the test run today.")
+    assert near.similarity < 1.0 and joins == [1]  # the new records are joined when a lookup needs them, once
