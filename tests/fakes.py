@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from rag.types import Chunk, StoredChunk
+from rag.types import AnswerMode, Chunk, Generation, StoredChunk
 
 
 class FakeEmbedder:
@@ -80,3 +80,40 @@ class InMemoryStore:
 
     def count(self) -> int:
         return len(self.rows)
+
+
+class FakeGenerator:
+    """Returns a scripted answer, streamed word by word; records what it was asked."""
+
+    watermarked = True
+    model_id = "fake-generator"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.calls: list[tuple[str, list[str] | None, str]] = []
+
+    def warm_up(self) -> None:
+        pass
+
+    def stream(
+        self,
+        question: str,
+        passages: Sequence[str] | None,
+        *,
+        mode: AnswerMode = "free",
+        max_new_tokens: int | None = None,
+    ) -> Iterator[str]:
+        self.calls.append((question, None if passages is None else list(passages), mode))
+        for i, word in enumerate(self.text.split(" ")):
+            yield word if i == 0 else " " + word
+
+    def generate(
+        self,
+        question: str,
+        passages: Sequence[str] | None,
+        *,
+        mode: AnswerMode = "free",
+        max_new_tokens: int | None = None,
+    ) -> Generation:
+        text = "".join(self.stream(question, passages, mode=mode))
+        return Generation(text=text, tokens=len(text.split()), seconds=0.01, prompt_tokens=10)

@@ -14,46 +14,9 @@ from rag.errors import InvalidInputError
 from rag.grounding import GroundednessChecker, SentenceSupport, content_words, key_terms, split_sentences
 from rag.retrieval import HybridRetriever, LexicalIndex
 from rag.settings import Settings
-from rag.types import AnswerMode, Generation
+from rag.types import AnswerMode
 from rag.wiring import build_gate
-from tests.fakes import FakeEmbedder, InMemoryStore
-
-
-class FakeGenerator:
-    """Returns a scripted answer, streamed word by word; records what it was asked."""
-
-    watermarked = True
-    model_id = "fake-generator"
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.calls: list[tuple[str, list[str] | None, str]] = []
-
-    def warm_up(self) -> None:
-        pass
-
-    def stream(
-        self,
-        question: str,
-        passages: Sequence[str] | None,
-        *,
-        mode: AnswerMode = "free",
-        max_new_tokens: int | None = None,
-    ) -> Iterator[str]:
-        self.calls.append((question, None if passages is None else list(passages), mode))
-        for i, word in enumerate(self.text.split(" ")):
-            yield word if i == 0 else " " + word
-
-    def generate(
-        self,
-        question: str,
-        passages: Sequence[str] | None,
-        *,
-        mode: AnswerMode = "free",
-        max_new_tokens: int | None = None,
-    ) -> Generation:
-        text = "".join(self.stream(question, passages, mode=mode))
-        return Generation(text=text, tokens=len(text.split()), seconds=0.01, prompt_tokens=10)
+from tests.fakes import FakeEmbedder, FakeGenerator, InMemoryStore
 
 
 class BrokenChecker(GroundednessChecker):

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from api.app import conversation_query, create_app
 from rag.settings import Settings
 from rag.types import AnswerMode
-from tests.fakes import InMemoryStore
-from tests.test_answering import QUESTION, TRUE_SENTENCE, FakeGenerator, make_service
+from tests.fakes import FakeGenerator, InMemoryStore
+from tests.test_answering import QUESTION, TRUE_SENTENCE, make_service
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from ingest.pipeline import Ingestor
 from rag.answering import UNCHECKED_LABEL
 from rag.grounding import GroundednessChecker, SentenceSupport
 from rag.settings import Settings
-from tests.fakes import FakeEmbedder, InMemoryStore
-from tests.test_answering import QUESTION, TRUE_SENTENCE, BrokenChecker, FakeGenerator, make_service
+from tests.fakes import FakeEmbedder, FakeGenerator, InMemoryStore
+from tests.test_answering import QUESTION, TRUE_SENTENCE, BrokenChecker, make_service
 
 REJECTED = "It was invented in 1066."  # no passage says it: the check drops it
 MARS = "Bananas grow on Mars in 1850."  # nothing supported at all: the answer abstains

@@ -13,8 +13,8 @@ from rag.guardrails.registry import HEADER, RECORD, OutputRegistry, OwnOutputChe
 from rag.settings import Settings
 from rag.wiring import build_output_registry, content_checks
 from tests.conftest import Curator, pydoc_text
-from tests.fakes import FakeEmbedder, InMemoryStore
-from tests.test_answering import QUESTION, TRUE_SENTENCE, FakeGenerator, make_service
+from tests.fakes import FakeEmbedder, FakeGenerator, InMemoryStore
+from tests.test_answering import QUESTION, TRUE_SENTENCE, make_service
 
 ANSWER = [
     "The del statement removes the binding of a name from the namespace it lives in.",

@@ -19,22 +19,21 @@ from rag.cli import app
 from rag.errors import LedgerError
 from rag.settings import Settings
 from rag.stores import ChromaStore
-from rag.types import AnswerMode, Generation
+from rag.types import AnswerMode
 from rag.wiring import build_answer_service, build_store
 from tests.conftest import Curator, pydoc_text
-from tests.fakes import FakeEmbedder
+from tests.fakes import FakeEmbedder, FakeGenerator
 
 FORGED = "Barn owls are paid forty dollars a week by the lighthouse board."
 
 
-class FirstSentenceGenerator:
+class FirstSentenceGenerator(FakeGenerator):
     """Answers with the first sentence of the first passage it is given (a supported answer)."""
 
-    watermarked = True
     model_id = "fake-first-sentence"
 
-    def warm_up(self) -> None:
-        pass
+    def __init__(self) -> None:
+        super().__init__("")
 
     def stream(
         self,
@@ -45,17 +44,6 @@ class FirstSentenceGenerator:
         max_new_tokens: int | None = None,
     ) -> Iterator[str]:
         yield (passages or [""])[0].split(". ")[0].strip()
-
-    def generate(
-        self,
-        question: str,
-        passages: Sequence[str] | None,
-        *,
-        mode: AnswerMode = "free",
-        max_new_tokens: int | None = None,
-    ) -> Generation:
-        text = "".join(self.stream(question, passages, mode=mode))
-        return Generation(text=text, tokens=len(text.split()), seconds=0.0, prompt_tokens=0)
 
 
 @pytest.fixture
