@@ -11,9 +11,18 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from collections.abc import Generator as Generator_
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
+from rag.answers import (
+    ABSTAIN_MESSAGE,
+    EXCERPT_CHARS,
+    UNCHECKED_LABEL,
+    Answer,
+    Citation,
+    Delta,
+    rejection_code,
+)
 from rag.errors import InvalidInputError
 from rag.grounding import (
     GroundednessChecker,
@@ -23,117 +32,18 @@ from rag.grounding import (
     split_sentences,
 )
 from rag.protocols import Generator
+from rag.reader.checks import choose, degenerate
+from rag.reader.extractive import ExtractiveReader
 from rag.retrieval import ChunkGate, Hit, HybridRetriever, where_clause
 from rag.settings import AnswerSettings, WatermarkSettings
 from rag.types import AnswerMode
 
 log = logging.getLogger(__name__)
 
-ABSTAIN_MESSAGE = "I can't answer that from the verified knowledge base: none of its signed sources supports an answer."
-# Heads the text of every ungrounded answer (evaluation, `rag ask --no-grounding`, or an HTTP endpoint an
-# operator opened with RAG_ANSWER__ALLOW_UNGROUNDED): a reader that ignores every label still sees it.
-UNCHECKED_LABEL = "[unchecked, not grounded]"
+ANSWER_MODES = ("extract", "free", "quote")
+SPANS_CONSIDERED = 16  # the reader's likeliest spans, re-ranked by how much the question calls for them
+
 RETRY_PASSAGES = 2  # a reader that only restated the question tries once more on this many best passages
-EXCERPT_CHARS = 300
-
-
-@dataclass(frozen=True)
-class Citation:
-    n: int
-    doc_id: str
-    title: str
-    path: str
-    chunk_id: str
-    chunk_sha256: str
-    signer_name: str
-    signer_keyid: str
-    license: str
-    origin: str
-    score: float
-    excerpt: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class Answer:
-    question: str
-    answer: str
-    abstained: bool
-    reason: str | None
-    citations: list[Citation]
-    support: list[SentenceSupport]
-    label: dict[str, Any]
-    timings: dict[str, float]
-    answer_mode: AnswerMode
-    grounded: bool
-    raw: str = ""
-    # What the service knows about how sure it is: the reader's mean token log-probability, the lowest
-    # support score of a released sentence, and the best passage's cosine. Evaluation ranks by these.
-    confidence: dict[str, float | None] = field(default_factory=dict)
-    retrieved: list[dict[str, Any]] = field(default_factory=list)
-    passage_texts: list[str] = field(default_factory=list)  # numbered as in the prompt; not serialised
-
-    @property
-    def text(self) -> str:
-        """The answer without citation markers or the unchecked label (what evaluation scores)."""
-        return " ".join(s.sentence for s in self.support if s.supported) if self.grounded else self.raw
-
-    @property
-    def released(self) -> list[SentenceSupport]:
-        """Support of the sentences the answer holds: the kept ones, none when it abstained."""
-        return [] if self.abstained else [s for s in self.support if s.supported]
-
-    def rejected_summary(self) -> dict[str, Any]:
-        """How many checked sentences were not released, by reason code; never their text."""
-        reasons: dict[str, int] = {}
-        for support in self.support:
-            if support.supported and not self.abstained:
-                continue
-            code = rejection_code(support)
-            reasons[code] = reasons.get(code, 0) + 1
-        return {"count": sum(reasons.values()), "reasons": reasons}
-
-    def as_dict(self) -> dict[str, Any]:
-        """What may leave the service: released sentences only, rejected ones as a count and reason codes."""
-        return {
-            "question": self.question,
-            "answer": self.answer,
-            "abstained": self.abstained,
-            "reason": self.reason,
-            "citations": [c.as_dict() for c in self.citations],
-            "support": [s.as_dict() for s in self.released],
-            "rejected": self.rejected_summary(),
-            "label": self.label,
-            "timings": self.timings,
-            "answer_mode": self.answer_mode,
-            "grounded": self.grounded,
-            "confidence": self.confidence,
-            "retrieved": self.retrieved,
-        }
-
-    def as_diagnostic_dict(self) -> dict[str, Any]:
-        """In-process only (`rag ask --explain`, evaluation): every checked sentence and the unchecked raw text.
-
-        Never serialise this over HTTP: it holds text the check rejected."""
-        return {**self.as_dict(), "support": [s.as_dict() for s in self.support], "raw": self.raw}
-
-
-def rejection_code(support: SentenceSupport) -> str:
-    """Why a checked sentence was not released (a stable code)."""
-    if support.restates_question:
-        return "restates_question"
-    if support.supported:  # it passed, but the answer was withheld (a later check failed)
-        return "withheld"
-    return support.reason or "unsupported"
-
-
-@dataclass(frozen=True)
-class Delta:
-    """Text that has passed the checks and may be shown (streaming)."""
-
-    text: str
 
 
 class AnswerService:
@@ -149,6 +59,7 @@ class AnswerService:
         gate: ChunkGate,
         refresh: Callable[[], None] = lambda: None,
         record_output: Callable[[list[str], list[str]], object] = lambda released, passages: None,
+        reader: ExtractiveReader | None = None,
     ) -> None:
         """`gate` decides which retrieved chunks may be used (the ledger's commitments, the signers trusted
         now); `refresh` runs before each grounded answer so that it sees the ledger head as it is now;
@@ -162,6 +73,7 @@ class AnswerService:
         self.gate = gate
         self.refresh = refresh
         self.record_output = record_output
+        self.reader = reader  # extract mode: scores spans with the local model; None with a remote generator
 
     def validate(
         self, question: Any, top_k: Any = None, filters: Any = None, mode: Any = None
@@ -181,8 +93,13 @@ class AnswerService:
             raise InvalidInputError("`filters` must be an object of field: value.", code="invalid_filters")
         where_clause(filters)  # raises unknown_filter
         answer_mode = mode or self.settings.answer_mode
-        if answer_mode not in ("free", "quote"):
-            raise InvalidInputError('`answer_mode` must be "free" or "quote".', code="invalid_answer_mode")
+        if answer_mode not in ANSWER_MODES:
+            raise InvalidInputError('`answer_mode` must be "extract", "free" or "quote".', code="invalid_answer_mode")
+        if answer_mode == "extract" and self.reader is None:
+            raise InvalidInputError(
+                "Extract mode scores passage spans with a local model; this service's generator is remote.",
+                code="extract_unsupported",
+            )
         return question.strip(), k, filters or None, answer_mode
 
     def answer(
@@ -217,9 +134,10 @@ class AnswerService:
         label = self._label(grounded, answer_mode)
         base: dict[str, Any] = {"question": question, "answer_mode": answer_mode, "grounded": grounded, "label": label}
         if not grounded:
-            if answer_mode == "quote":
+            if answer_mode != "free":
                 raise InvalidInputError(
-                    "Quote mode needs retrieval; it cannot be ungrounded.", code="quote_needs_passages"
+                    f"{answer_mode.capitalize()} mode quotes retrieved passages; it cannot be ungrounded.",
+                    code="quote_needs_passages",
                 )
             generation = self.generator.generate(question, None, mode="free")
             timings.update(generate_ms=generation.seconds * 1000, tokens=generation.tokens)
@@ -249,6 +167,9 @@ class AnswerService:
             return
 
         passages = [hit.chunk.text for hit in hits]
+        if answer_mode == "extract":
+            yield from self._extract(question, hits, passages, base, timings, started, retrieved)
+            return
         t0 = time.perf_counter()
         kept: list[SentenceSupport] = []
         checked: list[SentenceSupport] = []
@@ -275,7 +196,9 @@ class AnswerService:
         timings["generate_ms"] = (time.perf_counter() - t0) * 1000 - timings.get("check_ms", 0.0)
         timings["tokens"] = float(getattr(self.generator, "last_tokens", 0))
         if not kept:
-            yield self._abstain(base, "unsupported_answer", timings, started, retrieved, checked, raw)
+            degenerated = any(s.reason == "degenerate_answer" for s in checked)
+            reason = "degenerate_answer" if degenerated else "unsupported_answer"
+            yield self._abstain(base, reason, timings, started, retrieved, checked, raw)
             return
         cited = sorted({s.passage for s in kept if s.passage is not None})
         citations = [_citation(n, hits[n - 1]) for n in cited]
@@ -302,7 +225,7 @@ class AnswerService:
 
     def _evidence(self, question: str, passages: list[str], mode: AnswerMode, count: int) -> list[str]:
         evidence = passages[:count]
-        if self.settings.evidence_sentences and mode == "free":  # quote mode may quote whole passages
+        if self.settings.evidence_sentences and mode != "quote":  # quote mode may quote whole passages
             evidence = select_evidence(question, evidence, self.settings.evidence_sentences)
         return evidence
 
@@ -344,6 +267,8 @@ class AnswerService:
         for support in self._check(sentences, passages, timings):
             if restates_question(support.sentence, question):
                 support = replace(support, supported=False, restates_question=True)
+            elif support.supported and degenerate(" ".join([*(s.sentence for s in kept), support.sentence])):
+                support = replace(support, supported=False, reason="degenerate_answer")
             checked.append(support)
             if support.supported:
                 kept.append(support)
@@ -351,6 +276,55 @@ class AnswerService:
                 yield Delta(_with_marker(support, first=len(kept) == 1))
             else:  # a local diagnostic only: rejected text never leaves the service
                 log.debug("sentence not released (%s): %r", rejection_code(support), support.sentence)
+
+    def _extract(
+        self,
+        question: str,
+        hits: list[Hit],
+        passages: list[str],
+        base: dict[str, Any],
+        timings: dict[str, float],
+        started: float,
+        retrieved: list[dict[str, Any]],
+    ) -> Iterator[Delta | Answer]:
+        """Answer with the best-scoring verbatim span of the evidence, or abstain.
+
+        The released text is a quotation of a signed, human-written passage: nothing is generated, so
+        it carries no watermark and is not registered as our output (the loop guard guards generated
+        text; a quotation re-ingested is the passage's own words). The label says what it is."""
+        assert self.reader is not None
+        evidence = self._evidence(question, passages, "extract", self.settings.reader_passages)
+        reading = self.reader.read(question, evidence, limit=SPANS_CONSIDERED)
+        timings["read_ms"] = reading.seconds * 1000
+        timings["tokens"] = 0.0
+        choice = choose(
+            reading.spans, reading.texts, reading.baselines, question, passages, min_gain=self.settings.min_answer_gain
+        )
+        if choice.span is None:
+            assert choice.reason is not None
+            yield self._abstain(base, choice.reason, timings, started, retrieved, raw=choice.text)
+            return
+        n = choice.span.passage
+        support = SentenceSupport(choice.text, n, 1.0, 1.0, 1.0, supported=True, reason=None)
+        citation = _citation(n, hits[n - 1])
+        label = {
+            **base["label"],
+            "quotation": {"passage": n, "chunk_sha256": citation.chunk_sha256, "text": choice.text},
+        }
+        marked = _with_marker(support, first=True)
+        yield Delta(marked)
+        timings["total_ms"] = (time.perf_counter() - started) * 1000
+        confidence = {
+            "reader_logprob": _maybe_round(choice.span.logprob),
+            "span_probability": _maybe_round(choice.probability),
+            "answer_gain": _maybe_round(choice.gain),
+            "retrieval": _maybe_round(timings.get("best_passage_score")),
+        }
+        yield Answer(
+            answer=marked, abstained=False, reason=None, citations=[citation], support=[support],
+            timings=_round(timings), raw=choice.text, confidence=confidence, retrieved=retrieved,
+            passage_texts=passages, **{**base, "label": label},
+        )  # fmt: skip
 
     def _check(self, sentences: list[str], passages: list[str], timings: dict[str, float]) -> list[SentenceSupport]:
         t0 = time.perf_counter()
@@ -379,8 +353,22 @@ class AnswerService:
     def _label(self, grounded: bool, mode: AnswerMode) -> dict[str, Any]:
         from rag.generation import watermark_label
 
+        if mode == "extract":
+            return {
+                "ai_generated": False,
+                "extractive": True,
+                "selected_by": self.generator.model_id,
+                "generator": None,
+                "watermark": None,
+                "grounded": True,
+                "answer_mode": mode,
+                "corpus_ledger_head": self.ledger_head(),
+                "notice": "A verbatim quotation of the cited signed source, chosen by a model; the citation marks "
+                "are ours. Cite the source, not this answer.",
+            }
         return {
             "ai_generated": True,
+            "extractive": False,
             "generator": self.generator.model_id,
             "watermark": watermark_label(self.watermark) if self.generator.watermarked else None,
             "grounded": grounded,

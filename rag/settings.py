@@ -56,7 +56,17 @@ class GeneratorSettings(BaseModel):
     max_new_tokens: int = Field(48, ge=1, le=512)
     quantize: Literal["compact-table", "int8-head", "none"] = Field(
         "compact-table",
-        description="compact-table: bfloat16 token rows + int8 output layer, top 32 rescored (README).",
+        description="compact-table: bfloat16 token rows + int8 output layer, top 32 rescored (README). Torch runtime "
+        "only (and the torch model the OpenVINO runtime loads for scoring).",
+    )
+    runtime: Literal["openvino", "torch"] = Field(
+        "torch",
+        description="What runs the local model: openvino (exported once per machine with NNCF-compressed weights, "
+        "see openvino_weights) or torch (transformers). Both decode through transformers' generate(), watermark "
+        "included; measured side by side in the README (Generator runtime).",
+    )
+    openvino_weights: Literal["int8", "int4", "none"] = Field(
+        "int8", description="Weight compression of the OpenVINO export (int4 keeps the token table in int8)."
     )
     threads: int | None = None
 
@@ -80,7 +90,16 @@ class WatermarkSettings(BaseModel):
 
 class AnswerSettings(BaseModel):
     top_k: int = Field(4, ge=1, le=20)
-    answer_mode: Literal["free", "quote"] = "free"
+    answer_mode: Literal["extract", "free", "quote"] = Field(
+        "free",
+        description="extract: the best-scoring verbatim span of a passage (local generator only); free: generated "
+        "text, each sentence checked; quote: decoding constrained to passage tokens. Measured in the README.",
+    )
+    min_answer_gain: float = Field(
+        1.0,
+        description="Extract mode abstains (does_not_answer) unless its span is at least e^this times likelier as the "
+        "answer to the question than to a question that asks nothing (measured: README).",
+    )
     relevance_threshold: float = Field(0.3, description="Minimum cosine of the best passage; below it we abstain.")
     reader_passages: int = Field(
         4,
@@ -100,6 +119,39 @@ class AnswerSettings(BaseModel):
         description="Let HTTP requests send `grounded: false` (experiments only). Such answers are not checked "
         "and their text starts with [unchecked, not grounded]; otherwise a request with `grounded` gets 422.",
     )
+    deadline_s: float = Field(
+        60.0,
+        gt=0,
+        description="Total time one HTTP request may take, queueing included. Past it the work is cancelled and "
+        "the client gets 504 `deadline_exceeded` (a started stream: a final error event), never unchecked text.",
+    )
+
+
+class ServerSettings(BaseModel):
+    """Limits on what one HTTP client can make the server hold (`rag serve`; README, Hostile clients)."""
+
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body; larger ones get 413 `request_too_large` unread."
+    )
+    body_timeout_s: float = Field(
+        15.0, gt=0, description="Time a client has to send the whole body once its headers are in (else 408)."
+    )
+    header_timeout_s: float = Field(
+        15.0, gt=0, description="Time a connection has to send a request's line and headers (slow clients)."
+    )
+    max_messages: int = Field(64, ge=1, description="Chat messages per request (422 `too_many_messages`).")
+    max_message_chars: int = Field(
+        16_000, ge=1, description="Characters of one chat message's content (422 `message_too_long`)."
+    )
+    timeout_keep_alive_s: int = Field(5, ge=1, description="An idle kept-alive connection is closed after this.")
+    limit_concurrency: int = Field(
+        64, ge=1, description="Connections or requests in progress at once; beyond it uvicorn answers 503 at once."
+    )
+    max_incomplete_event_bytes: int = Field(
+        16_384, ge=1024, description="Largest request line plus headers (h11's max_incomplete_event_size)."
+    )
+    backlog: int = Field(256, ge=1, description="Connections the kernel queues before the server accepts them.")
+    graceful_shutdown_s: int = Field(10, ge=0, description="Time in-flight requests get on shutdown.")
 
 
 class RegistrySettings(BaseModel):
@@ -107,11 +159,22 @@ class RegistrySettings(BaseModel):
     threshold: float = Field(
         0.5, gt=0.0, le=1.0, description="Estimated Jaccard similarity (word bigrams) at which sentences match."
     )
+    word_threshold: float = Field(
+        0.6,
+        gt=0.0,
+        le=1.0,
+        description="Estimated Jaccard similarity of the sets of words at which sentences of word_min_words or more "
+        "match (a changed word costs one word but two bigrams).",
+    )
+    word_min_words: int = Field(6, ge=1, description="Shorter sentences match by bigrams or exactly only.")
     min_words: int = Field(4, ge=1, description="Shorter sentences are neither registered nor looked up.")
     min_matches: int = Field(
         2, ge=1, description="A document is refused when this many sentences match, or min_share of them do."
     )
     min_share: float = Field(0.5, gt=0.0, le=1.0)
+    long_words: int = Field(
+        12, ge=1, description="A document is refused when one matching sentence has this many words or more."
+    )
 
 
 class CorpusReportSettings(BaseModel):
@@ -121,6 +184,21 @@ class CorpusReportSettings(BaseModel):
         0.05, ge=0.0, description="Warn when a version raises the near-duplicate rate of chunks more than this."
     )
     near_duplicate_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard (word 3-grams) of a near copy.")
+    window: int = Field(
+        5, ge=2, description="Versions to look back for cumulative drift (slow floods, diversity lost bit by bit)."
+    )
+    max_drift_diversity_drop: float = Field(
+        0.1, ge=0.0, description="Warn when MATTR or distinct-2 is this much (relative) under the baseline or window."
+    )
+    max_drift_human_share_drop: float = Field(
+        0.05, ge=0.0, description="Warn when the human share is this much under the baseline or window start."
+    )
+    max_drift_near_duplicate_rise: float = Field(
+        0.1, ge=0.0, description="Warn when the near-duplicate rate is this much over the baseline or window start."
+    )
+    max_tail_loss: float = Field(
+        0.1, ge=0.0, le=1.0, description="Warn when a version holds less than 1 - this of the baseline's rare words."
+    )
 
 
 class DetectorSettings(BaseModel):
@@ -176,6 +254,7 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = GeneratorSettings()
     watermark: WatermarkSettings = WatermarkSettings()
     answer: AnswerSettings = AnswerSettings()
+    server: ServerSettings = ServerSettings()
     detector: DetectorSettings = DetectorSettings()
     registry: RegistrySettings = RegistrySettings()
     corpus_report: CorpusReportSettings = CorpusReportSettings()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-AnswerMode = Literal["free", "quote"]
+AnswerMode = Literal["extract", "free", "quote"]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ingest.trust import TrustStore
     from rag.answering import AnswerService
     from rag.grounding import GroundednessChecker
-    from rag.guardrails.registry import OutputRegistry
+    from rag.guardrails.registry import OutputRegistry, Quotable
 
 
 def build_embedder(settings: Settings, *, serving: bool = False) -> Embedder:
@@ -71,10 +71,9 @@ def content_checks(settings: Settings) -> list[ContentCheck]:
     checks: list[ContentCheck] = []
     registry = build_output_registry(settings)
     if registry is not None:
-        from rag.guardrails.registry import OwnOutputCheck
+        from ingest.registry_guard import own_output_check
 
-        cfg = settings.registry
-        checks.append(OwnOutputCheck(registry, min_matches=cfg.min_matches, min_share=cfg.min_share))
+        checks.append(own_output_check(settings, registry))  # checks the registry's pin before each ingest
     if not settings.watermark.detect:
         return [*checks, *synthetic_text_checks(settings)]
     from rag.models import MODELS
@@ -99,14 +98,22 @@ def synthetic_text_checks(settings: Settings, generator: Generator | None = None
     return [SyntheticTextCheck(cfg, scorer, AdmittedDigests(settings.ledger_path))]
 
 
-def build_output_registry(settings: Settings) -> OutputRegistry | None:
-    """The registry of released output in the data dir, shared by the serving process and ingest."""
+def build_output_registry(settings: Settings, quotable: Quotable | None = None) -> OutputRegistry | None:
+    """The registry of released output in the data dir, shared by the serving process and ingest; `quotable`
+    finds the corpus passages an answer given without passages may quote (those are not registered)."""
     if not settings.registry.enabled:
         return None
     from rag.guardrails.registry import OutputRegistry
 
     cfg = settings.registry
-    return OutputRegistry(settings.output_registry_path, threshold=cfg.threshold, min_words=cfg.min_words)
+    return OutputRegistry(
+        settings.output_registry_path,
+        threshold=cfg.threshold,
+        word_threshold=cfg.word_threshold,
+        word_min_words=cfg.word_min_words,
+        min_words=cfg.min_words,
+        quotable=quotable,
+    )
 
 
 def build_retriever(settings: Settings, embedder: Embedder | None = None) -> HybridRetriever:
@@ -143,6 +150,7 @@ def build_answer_service(
     is opened afresh (an embedded one never sees another process's additions otherwise) and BM25 follows,
     all under one lock and before retrieval: the answer uses exactly the new state."""
     from rag.answering import AnswerService
+    from rag.reader.extractive import ExtractiveReader
 
     embedder = embedder or build_embedder(settings, serving=True)
     store = build_store(settings, collection)
@@ -160,17 +168,22 @@ def build_answer_service(
                 lexical.follow(store, gate.head or "")
 
     refresh()
-    registry = build_output_registry(settings)  # every released sentence is fingerprinted here first
+    from ingest.registry_guard import corpus_quotable
+
+    # Every released sentence is fingerprinted here first, unless it quotes the corpus.
+    registry = build_output_registry(settings, corpus_quotable(store, lexical, gate, refresh))
+    generator = generator or build_generator(settings)
     return AnswerService(
         settings.answer,
         HybridRetriever(store, embedder, lexical),
-        generator or build_generator(settings),
+        generator,
         build_checker(settings, embedder),
         watermark=settings.watermark,
         ledger_head=lambda: gate.head,
         gate=gate,
         refresh=refresh,
         record_output=registry.record if registry is not None else lambda released, passages: None,
+        reader=ExtractiveReader(generator) if hasattr(generator, "torch_model") else None,
     )
 
 

@@ -34,7 +34,7 @@ CLAIM_METRICS = [
     ("accuracy_at_half_coverage", "Accuracy at half coverage"),
     ("aurc", "AURC (lower is better)"),
 ]
-COLOURS = {"grounded": "#2b7a78", "quote": "#3aafa9", "ungrounded": "#de6b48"}
+COLOURS = {"grounded": "#2b7a78", "free": "#8fc1a9", "quote": "#3aafa9", "ungrounded": "#de6b48"}
 
 
 @dataclass
@@ -75,8 +75,8 @@ def _mode_bars(modes: dict[str, Any], keys: list[tuple[str, str]], title: str, p
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for i, mode in enumerate(MODES):
         values = [modes[mode][k] or 0.0 for k, _ in keys]
-        ax.bar([k + i * 0.27 for k in range(len(keys))], values, 0.27, label=MODE_LABELS[mode], color=COLOURS[mode])
-    ax.set_xticks([k + 0.27 for k in range(len(keys))], [label for _, label in keys])
+        ax.bar([k + i * 0.2 for k in range(len(keys))], values, 0.2, label=MODE_LABELS[mode], color=COLOURS[mode])
+    ax.set_xticks([k + 0.3 for k in range(len(keys))], [label for _, label in keys])
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend(frameon=False)

@@ -94,10 +94,10 @@ def test_stability_reports_each_figure_and_its_drop() -> None:
         "news": {"modes": {"grounded": {"precision": 0.6, "f1": None}}, "guardrail": {"false_alarm": 0.1}},
     }
     rows = {row["figure"]: row for row in stability(per)}
-    precision = rows["precision, grounded (free)"]
+    precision = rows["precision, grounded (default)"]
     assert precision["values"] == {"squad": 0.8, "news": 0.6}
     assert precision["drop_from_first"]["news"] == pytest.approx(0.2)  # lower precision: a drop
-    assert rows["F1, grounded (free)"]["drop_from_first"]["news"] is None
+    assert rows["F1, grounded (default)"]["drop_from_first"]["news"] is None
     assert rows["guardrail false alarms"]["drop_from_first"]["news"] == pytest.approx(0.05)  # more alarms: a drop
     assert "precision, ungrounded" not in rows  # absent everywhere: not a row
 

@@ -1,0 +1,80 @@
+"""Checks on what a reader proposes, before anything is released.
+
+- `degenerate`: a free answer that loops (the same words over and over) is never an answer.
+- `choose`: of the extractive reader's scored spans, the best one that says something beyond the
+  question, is found verbatim in its passage, and is likely enough to be the answer; otherwise the
+  reason it abstains (`does_not_answer`: what it would quote does not depend on the question).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rag.reader.spans import Span, answers_something
+
+_WORD = re.compile(r"\w+")
+
+
+def degenerate(text: str, *, n: int = 3, max_repeats: int = 2, min_distinct: float = 0.5) -> bool:
+    """True when some `n` consecutive words occur more than `max_repeats` times, or when a text of 8
+    or more words uses fewer than `min_distinct` distinct words per word (run-on lists of the same words)."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    if grams and max(grams.values()) > max_repeats:
+        return True
+    return len(words) >= 8 and len(set(words)) / len(words) < min_distinct
+
+
+@dataclass(frozen=True)
+class Choice:
+    span: Span | None
+    text: str
+    reason: str | None  # why no span was chosen: does_not_answer, unsupported_answer
+    probability: float  # P(span, then end of answer): the reader's confidence in it
+    gain: float  # log P(span | question) - log P(span | a question that asks nothing)
+
+
+def choose(
+    spans: Sequence[Span],
+    texts: Sequence[str],
+    baselines: Sequence[float],
+    question: str,
+    passages: Sequence[str],
+    *,
+    min_gain: float,
+    gain_weight: float = 1.0,
+) -> Choice:
+    """The span that best answers *this* question, verbatim in its passage, or why there is none.
+
+    Spans made only of the question's words (or of stop words) answer nothing and are skipped. The rest
+    are ranked by log P(span | question) + `gain_weight` x gain, where gain = log P(span | question) -
+    log P(span | a question that asks nothing): a span the reader would pick whatever was asked (a
+    heading, the name the passage is about) is worth less than one the question calls for. The chosen
+    span must have a gain of at least `min_gain` (natural log), else the service abstains with
+    `does_not_answer`."""
+    ranked = sorted(
+        (
+            (span.logprob + gain_weight * (span.logprob - baseline), span, text, baseline)
+            for span, text, baseline in zip(spans, texts, baselines, strict=True)
+            if answers_something(text, question)
+        ),
+        key=lambda item: -item[0],
+    )
+    if not ranked:
+        return Choice(None, "", "does_not_answer", 0.0, 0.0)
+    _, span, text, baseline = ranked[0]
+    if not _verbatim(text, passages[span.passage - 1]):
+        return Choice(None, text, "unsupported_answer", 0.0, 0.0)
+    gain = span.logprob - baseline
+    if gain < min_gain:
+        return Choice(None, text, "does_not_answer", math.exp(span.logprob), gain)
+    return Choice(span, text, None, math.exp(span.logprob), gain)
+
+
+def _verbatim(text: str, passage: str) -> bool:
+    """The span reads, word for word, in the passage (whitespace aside)."""
+    return bool(text) and " ".join(text.split()) in " ".join(passage.split())
