@@ -32,7 +32,7 @@ from rag.grounding import (
     split_sentences,
 )
 from rag.protocols import Generator
-from rag.reader.checks import choose, degenerate
+from rag.reader.checks import choose, degenerate, quotation
 from rag.reader.extractive import ExtractiveReader
 from rag.retrieval import ChunkGate, Hit, HybridRetriever, where_clause
 from rag.settings import AnswerSettings, WatermarkSettings
@@ -40,7 +40,7 @@ from rag.types import AnswerMode
 
 log = logging.getLogger(__name__)
 
-ANSWER_MODES = ("extract", "free", "quote")
+ANSWER_MODES: tuple[AnswerMode, ...] = ("extract", "free", "quote")
 SPANS_CONSIDERED = 16  # the reader's likeliest spans, re-ranked by how much the question calls for them
 
 RETRY_PASSAGES = 2  # a reader that only restated the question tries once more on this many best passages
@@ -305,11 +305,12 @@ class AnswerService:
             yield self._abstain(base, choice.reason, timings, started, retrieved, raw=choice.text)
             return
         n = choice.span.passage
-        support = SentenceSupport(choice.text, n, 1.0, 1.0, 1.0, supported=True, reason=None)
+        text = quotation(question, choice.text, evidence[n - 1], passages[n - 1])
+        support = SentenceSupport(text, n, 1.0, 1.0, 1.0, supported=True, reason=None)  # verbatim: `choose`
         citation = _citation(n, hits[n - 1])
         label = {
             **base["label"],
-            "quotation": {"passage": n, "chunk_sha256": citation.chunk_sha256, "text": choice.text},
+            "quotation": {"passage": n, "chunk_sha256": citation.chunk_sha256, "text": text, "span": choice.text},
         }
         marked = _with_marker(support, first=True)
         yield Delta(marked)
@@ -322,7 +323,7 @@ class AnswerService:
         }
         yield Answer(
             answer=marked, abstained=False, reason=None, citations=[citation], support=[support],
-            timings=_round(timings), raw=choice.text, confidence=confidence, retrieved=retrieved,
+            timings=_round(timings), raw=text, confidence=confidence, retrieved=retrieved,
             passage_texts=passages, **{**base, "label": label},
         )  # fmt: skip
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rag.reader.checks import choose, degenerate
+from rag.reader.checks import asks_for_a_statement, choose, degenerate, quotation
 from rag.reader.extractive import _common_prefix, extractive_prompt, passage_regions
 from rag.reader.spans import Span, answers_something, best_spans, can_end_after, is_word_start, span_scores
 
@@ -110,3 +110,32 @@ def test_passage_regions_locate_each_numbered_passage_after_the_examples() -> No
 
 def test_common_prefix() -> None:
     assert _common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2 and _common_prefix([], [1]) == 0
+
+
+@pytest.mark.parametrize(
+    ("question", "statement"),
+    [
+        ("What does the pass statement do?", True),
+        ("What happens when a break statement runs inside a loop?", True),
+        ("How does the yield expression work?", True),
+        ("Why did the empire fall?", True),
+        ("How many legs does a spider have?", False),
+        ("What year was it founded?", False),
+        ("Who wrote the letter?", False),
+        ("What does the return statement leave?", False),
+    ],
+)
+def test_questions_asking_for_a_statement_are_told_apart_from_factoid_ones(question: str, statement: bool) -> None:
+    assert asks_for_a_statement(question) is statement
+
+
+def test_a_statement_question_gets_the_whole_verbatim_sentence_a_factoid_one_the_span() -> None:
+    passage = '"pass" is a null operation; when it is executed, nothing happens. It is useful as a placeholder.'
+    evidence = passage
+    asked = "What does the pass statement do?"
+    assert quotation(asked, "nothing happens", evidence, passage) == (
+        '"pass" is a null operation; when it is executed, nothing happens.'
+    )
+    assert quotation("What is pass useful as?", "a placeholder", evidence, passage) == "a placeholder"
+    # a sentence that is not verbatim in the passage is never released in the span's place
+    assert quotation(asked, "nothing happens", "Then nothing happens here.", passage) == "nothing happens"

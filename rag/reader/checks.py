@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rag.grounding import split_sentences
 from rag.reader.spans import Span, answers_something
 
 _WORD = re.compile(r"\w+")
@@ -73,6 +74,31 @@ def choose(
     if gain < min_gain:
         return Choice(None, text, "does_not_answer", math.exp(span.logprob), gain)
     return Choice(span, text, None, math.exp(span.logprob), gain)
+
+
+# "What does X do?", "How does X work?", "Why ...?": the answer is a statement, not a name or a number.
+_DESCRIPTIVE = re.compile(
+    r"^\s*(?:what\s+(?:does|do|did)\b.*\b(?:do|does|mean|happen)\b|what\s+happens\b|"
+    r"how\s+(?:does|do|did|is|are|can)\b|why\b|explain\b|describe\b)",
+    re.IGNORECASE,
+)
+
+
+def asks_for_a_statement(question: str) -> bool:
+    """Whether the question asks what something does, how it works or why (answered with a sentence)."""
+    return bool(_DESCRIPTIVE.match(question))
+
+
+def quotation(question: str, span: str, evidence: str, passage: str) -> str:
+    """What extract mode releases: the span for a question asking for a name, date or number; for a
+    question asking for a statement, the whole evidence sentence the span stands in, if it reads verbatim
+    in the passage (else the span)."""
+    if not asks_for_a_statement(question):
+        return span
+    for sentence in split_sentences(evidence):
+        if span in sentence and _verbatim(sentence, passage):
+            return sentence
+    return span
 
 
 def _verbatim(text: str, passage: str) -> bool:
