@@ -40,15 +40,13 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
 ) -> None:
     """Serve the answering API (OpenAPI docs at /docs)."""
-    import uvicorn
-
-    from api.app import create_app
+    from api.server import serve as run_server
     from rag.runtime import limit_malloc_arenas
 
     limit_malloc_arenas()  # before any worker thread exists
     settings: Settings = ctx.obj
     Console(stderr=True).print(f"serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    run_server(settings, host=host, port=port)  # with the client limits of RAG_SERVER__* (README)
 
 
 @app.command()

@@ -173,17 +173,33 @@ class LocalGenerator:
         *,
         mode: AnswerMode = "free",
         max_new_tokens: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> Iterator[str]:
-        """Yield the answer's text as it is generated (one line at most)."""
+        """Yield the answer's text as it is generated (one line at most).
+
+        `cancel` (default: the running queue job's, `rag.queueing.current_job`) stops generation at the
+        next token, and the stream then raises `JobCancelledError` instead of ending on partial text."""
+        from rag.queueing import JobCancelledError, current_job
+
         self.warm_up()
-        generation: dict[str, Any] = {}
-        for piece in self._start(question, passages, mode, max_new_tokens, generation):
-            line, newline, _ = piece.partition("\n")
-            if line:
-                yield line
-            if newline:
-                break
-        generation["thread"].join()
+        job = current_job()
+        cancel = cancel or (job.cancel if job is not None else None)
+        if cancel is not None and cancel.is_set():
+            raise JobCancelledError("Generation was cancelled before it started.")
+        generation: dict[str, Any] = {"cancel": cancel, "halt": threading.Event()}
+        try:
+            for piece in self._start(question, passages, mode, max_new_tokens, generation):
+                line, newline, _ = piece.partition("\n")
+                if line:
+                    yield line
+                if newline:
+                    break
+        finally:  # a reader that stops early (its client left) must not leave generate() running
+            generation["halt"].set()
+            if "thread" in generation:
+                generation["thread"].join()
+        if cancel is not None and cancel.is_set():
+            raise JobCancelledError("Generation was cancelled.")
         if "error" in generation:
             raise GeneratorError(f"Generation failed: {generation['error']}.")
         self.last_tokens = int(generation.get("new_tokens", 0))
@@ -198,9 +214,10 @@ class LocalGenerator:
         *,
         mode: AnswerMode = "free",
         max_new_tokens: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> Generation:
         started = time.perf_counter()
-        text = "".join(self.stream(question, passages, mode=mode, max_new_tokens=max_new_tokens))
+        text = "".join(self.stream(question, passages, mode=mode, max_new_tokens=max_new_tokens, cancel=cancel))
         return Generation(
             text=text.strip(),
             tokens=self.last_tokens,
@@ -235,6 +252,13 @@ class LocalGenerator:
                 done = ids.shape[1] > self.prompt_len and "\n" in tokenizer.decode(ids[0, -1:])
                 return torch.full((ids.shape[0],), done, dtype=torch.bool)
 
+        stops = [event for event in (out["halt"], out.get("cancel")) if event is not None]
+
+        class _Halted(StoppingCriteria):
+            def __call__(self, ids: Any, scores: Any, **kwargs: Any) -> Any:
+                halted = any(event.is_set() for event in stops)
+                return torch.full((ids.shape[0],), halted, dtype=torch.bool)
+
         processors = LogitsProcessorList()
         if mode == "quote":
             assert passages is not None
@@ -250,7 +274,7 @@ class LocalGenerator:
             "max_new_tokens": max_new_tokens or self.settings.max_new_tokens,
             "do_sample": False,
             "logits_processor": processors,
-            "stopping_criteria": StoppingCriteriaList([_StopAtNewline(input_ids.shape[1])]),
+            "stopping_criteria": StoppingCriteriaList([_StopAtNewline(input_ids.shape[1]), _Halted()]),
             "streamer": streamer,
             "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[-1],
         }
@@ -432,6 +456,14 @@ class OpenAICompatibleGenerator:
             raise InvalidInputError(
                 "Quote mode needs a local generator (it constrains logits).", code="quote_unsupported"
             )
+        from rag.queueing import current_job
+
+        timeout = self.settings.timeout_s
+        job = current_job()
+        if job is not None:  # a queued request's deadline bounds the whole call, not each operation
+            job.check()
+            remaining = job.remaining()
+            timeout = timeout if remaining is None else max(0.05, min(timeout, remaining))
         headers = {"Authorization": f"Bearer {self.settings.api_key}"} if self.settings.api_key else {}
         body = {
             "model": self.settings.remote_model,
@@ -442,7 +474,7 @@ class OpenAICompatibleGenerator:
         }
         started = time.perf_counter()
         try:
-            with httpx.Client(transport=self.transport, timeout=self.settings.timeout_s) as client:
+            with httpx.Client(transport=self.transport, timeout=timeout) as client:
                 response = client.post(f"{self.base_url}/chat/completions", json=body, headers=headers)
             response.raise_for_status()
             data = response.json()

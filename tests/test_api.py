@@ -50,7 +50,7 @@ def test_answer_returns_checked_cited_labelled_text(client: TestClient) -> None:
         ({"question": "ok?", "top_k": "three"}, 422, "invalid_request"),
         ({"question": 42}, 422, "invalid_request"),
         ({"top_k": 3}, 422, "invalid_request"),
-        ({"question": "ok?", "surprise": True}, 422, "invalid_request"),
+        ({"question": "ok?", "surprise": True}, 422, "unknown_field"),
     ],
 )
 def test_bad_requests_get_a_code_and_a_sentence(

@@ -1,0 +1,179 @@
+"""Response bodies as the OpenAPI schema documents them (documentation only: routes return plain dicts).
+
+The schemathesis run (tests/test_api_fuzz.py) checks every live response against these, so they
+cannot drift from what the service sends. Models allow extra fields: adding a field is not a break.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(_Open):
+    field: str
+    msg: str
+
+
+class ErrorInfo(_Open):
+    code: str = Field(..., description="Stable, machine-readable (README: error codes).")
+    message: str = Field(..., description="One sentence for a person; never exception text, URLs or paths.")
+    details: list[ErrorDetail] | None = Field(None, description="Every invalid field (422 `invalid_request`).")
+
+
+class ErrorResponse(_Open):
+    error: ErrorInfo
+
+
+class Health(_Open):
+    status: str
+
+
+class Readiness(_Open):
+    status: str = Field(..., description="ready, warming or failed")
+    generator: str | None = None
+    error: ErrorInfo | None = None
+
+
+class Citation(_Open):
+    n: int
+    doc_id: str
+    title: str
+    chunk_id: str
+    chunk_sha256: str
+    signer_name: str
+    signer_keyid: str
+    license: str
+    origin: str
+    score: float
+    excerpt: str
+
+
+class Rejected(_Open):
+    count: int
+    reasons: dict[str, int]
+
+
+class AnswerResponse(_Open):
+    question: str
+    answer: str
+    abstained: bool
+    reason: str | None
+    citations: list[Citation]
+    support: list[dict[str, Any]] = Field(..., description="Support of each released sentence only.")
+    rejected: Rejected = Field(..., description="Sentences not released, as a count and reason codes; never text.")
+    label: dict[str, Any] = Field(..., description="AI-generated label: generator, watermark, ledger head.")
+    timings: dict[str, float]
+    answer_mode: str
+    grounded: bool
+
+
+class ChatMessageOut(_Open):
+    role: str
+    content: str
+
+
+class ChatChoice(_Open):
+    index: int
+    message: ChatMessageOut
+    finish_reason: str
+
+
+class ChatCompletion(_Open):
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    rag: dict[str, Any] = Field(..., description="abstained, reason, citations, support, rejected, label, timings.")
+
+
+class Delta(_Open):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChunkChoice(_Open):
+    index: int
+    delta: Delta
+    finish_reason: str | None
+
+
+class ChatCompletionChunk(_Open):
+    """One streamed event: text that passed the check, or the final chunk with `rag` (finish_reason stop)."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    rag: dict[str, Any] | None = None
+
+
+def stream_event_schema(chunk_ref: str, error_ref: str) -> dict[str, Any]:
+    """One server-sent event of a streamed chat completion: a chunk, an error (the last before [DONE]), or [DONE]."""
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "anyOf": [
+                    {"const": "[DONE]"},
+                    {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"anyOf": [{"$ref": chunk_ref}, {"$ref": error_ref}]},
+                    },
+                ]
+            },
+            "event": {"type": "string"},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+    }
+
+
+class Model(_Open):
+    id: str
+    object: str
+    created: int
+    owned_by: str
+
+
+class ModelList(_Open):
+    object: str
+    data: list[Model]
+
+
+class Document(_Open):
+    doc_id: str
+    sha256: str
+    chunks: int
+
+
+class DocumentList(_Open):
+    documents: list[Document]
+    count: int
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for error statuses, all with the one error model."""
+    text = {
+        400: "The body is not valid JSON (`invalid_json`) or its Content-Length is invalid.",
+        404: "No such document (`unknown_document`).",
+        408: "The body did not arrive within RAG_SERVER__BODY_TIMEOUT_S (`body_timeout`).",
+        413: "The body is larger than RAG_SERVER__MAX_BODY_BYTES (`request_too_large`); it was not read.",
+        431: "The request line and headers are too large (`headers_too_large`).",
+        422: "A field is invalid, missing or unknown (`invalid_request`, `unknown_field`, `empty_question`, "
+        "`question_too_long`, `too_many_messages`, `message_too_long`, `invalid_top_k`, `unknown_filter`, "
+        "`grounding_required`, ...).",
+        500: "An unexpected failure (`internal_error`, `ledger_corrupt`, ...); details only in the server log.",
+        503: "The generator queue is full (`busy`, with Retry-After) or a backend failed (`generator_failed`).",
+        504: "The answer was not ready within RAG_ANSWER__DEADLINE_S (`deadline_exceeded`).",
+    }
+    return {status: {"model": ErrorResponse, "description": text[status]} for status in statuses}
