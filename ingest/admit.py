@@ -8,15 +8,16 @@ A crash between the two steps leaves the entry without the ingest; running `rag 
 
 from __future__ import annotations
 
-import json
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ingest.decisions import IngestReport
+from ingest.files import printable_path, read_json_object
 from ingest.ledger import Ledger
-from ingest.provenance import text_digest
+from ingest.provenance import read_document, text_digest
 from rag.errors import InvalidInputError, NotFoundError
 from rag.guardrails.detector import REASON
 from rag.settings import Settings
@@ -57,9 +58,8 @@ class Admission:
 
 def held_documents(settings: Settings) -> list[dict[str, Any]]:
     """Documents the quarantine report holds for a curator (reason `synthetic_suspected`)."""
-    path = settings.quarantine_path
-    report: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    return [item for item in report.values() if item.get("reason") == REASON]
+    report = read_json_object(settings.quarantine_path)
+    return [item for item in report.values() if isinstance(item, dict) and item.get("reason") == REASON]
 
 
 def admit(ingestor: Any, doc_id: str, *, curator: str, path: Path | None = None) -> Admission:
@@ -70,20 +70,24 @@ def admit(ingestor: Any, doc_id: str, *, curator: str, path: Path | None = None)
         raise NotFoundError(
             f"No document {doc_id!r} is held by the synthetic-text detector (see `rag documents`).", code="not_held"
         )
-    document = Path(path or held["path"])
-    if not document.is_file():
+    document = Path(path or held["path"]).absolute()
+    if not os.path.lexists(document):
         raise InvalidInputError(
-            f"The held document is no longer at {document}; pass its path: rag admit {doc_id} PATH.",
+            f"The held document is no longer at {printable_path(document)}; pass its path: rag admit {doc_id} PATH.",
             code="path_not_found",
         )
     # The corpus root is what the document id is relative to (a nested id was ingested with its folder).
-    depth = len(Path(doc_id).parts)
-    root = document.parents[depth - 1]
+    parts = Path(doc_id).parts
+    if tuple(unicodedata.normalize("NFC", part) for part in document.parts[-len(parts) :]) != parts or (
+        len(document.parts) <= len(parts)
+    ):
+        raise InvalidInputError(
+            f"{printable_path(document)} is not the document {doc_id!r}: its path must end with the document id.",
+            code="path_mismatch",
+        )
+    root = document.parents[len(parts) - 1]
     # The digest admitted is that of the file being admitted, not what the quarantine report (a plain file) says.
-    try:
-        sha256 = text_digest(document.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise InvalidInputError(f"{document} is not UTF-8 text: {error}", code="unreadable") from error
+    sha256 = text_digest(read_document(document, max_bytes=settings.ingest.max_document_bytes))
     if held.get("sha256") and sha256 != held["sha256"]:
         raise InvalidInputError(
             f"{document} is not the text that was held (digest {sha256[:12]}, held {str(held['sha256'])[:12]}); "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -16,8 +17,18 @@ from rich.table import Table
 from ingest import provenance
 from ingest.admit import held_views, synthetic_cell
 from ingest.corpus_report_view import corpus_app
+from ingest.files import printable_path
 from ingest.ledger import Ledger
-from ingest.trust import TrustStore, add_trusted_key, key_id, load_private_key, parse_time, write_key_pair
+from ingest.trust import (
+    TrustStore,
+    add_trusted_key,
+    key_id,
+    load_private_key,
+    parse_time,
+    read_trust_file,
+    write_key_pair,
+)
+from rag.errors import InvalidInputError
 from rag.settings import Settings
 
 console = Console()
@@ -49,11 +60,13 @@ def keys_new(
             parse_time(expires)
         except ValueError:
             raise typer.BadParameter(f"{expires!r} is not an RFC 3339 time", param_hint="--expires") from None
+    if trust is not None and os.path.lexists(trust):
+        read_trust_file(trust)  # a trust file that cannot take the key is refused before a key exists
     private_path, public = write_key_pair(name, out)
-    console.print(f"private key: {private_path} (keep it secret)\nkey id: {key_id(public)}")
+    console.print(f"private key: {escape(str(private_path))} (keep it secret)\nkey id: {key_id(public)}")
     if trust is not None:
         add_trusted_key(trust, name, public, expires=expires)
-        console.print(f"trusted in {trust}")
+        console.print(f"trusted in {escape(str(trust))}")
 
 
 @keys_app.command("revoke")
@@ -81,12 +94,13 @@ def keys_revoke(
     target = trust or settings.local_trust_path
     entry, new = Ingestor(settings, None, None).revoke(keyid, target, reason)
     state = "revoked" if new else "already revoked"
-    console.print(f"{state}: {entry.name} ({entry.keyid[:16]}…) in {target}")
+    console.print(f"{state}: {escape(entry.name)} ({entry.keyid[:16]}…) in {escape(str(target))}")
     if new:
         console.print("the next `rag ingest` withdraws the documents this key signed")
 
 
 def sign(
+    ctx: typer.Context,
     files: Annotated[
         list[Path], typer.Argument(help="Documents to sign (.md, .txt, .html).", exists=True, dir_okay=False)
     ],
@@ -107,9 +121,14 @@ def sign(
     """
     if origin not in Origins:
         raise typer.BadParameter(f"must be one of {', '.join(Origins)}", param_hint="--origin")
+    for hint, values in (("--author", author), ("--license", [license])):
+        if not all(value.strip() for value in values):
+            raise typer.BadParameter("cannot be blank", param_hint=hint)
+    settings = _settings(ctx)
     private = load_private_key(key)
-    for file in files:
-        out = provenance.sign_document(
+    # Every file is read and checked before any manifest is written: a refused file leaves nothing half signed.
+    manifests = [
+        provenance.sign_manifest(
             file,
             private,
             root=root,
@@ -119,12 +138,19 @@ def sign(
             origin=origin,  # type: ignore[arg-type]
             source_uri=source_uri,
             curator=curator or key.stem,
+            max_bytes=settings.ingest.max_document_bytes,
         )
-        console.print(f"signed {file} -> {out.name}")
+        for file in files
+    ]
+    for file, manifest in zip(files, manifests, strict=True):
+        out = provenance.write_manifest(file, manifest)
+        console.print(f"signed {escape(printable_path(file))} -> {escape(printable_path(out.name))}")
 
 
 def _trust(settings: Settings, trust: Path | None) -> TrustStore:
     """The configured trust files, merged with `trust` if given (merging never loosens a configured entry)."""
+    if trust is not None and not os.path.lexists(trust):
+        raise InvalidInputError(f"The trust file {printable_path(trust)} does not exist.", code="path_not_found")
     return TrustStore.load(settings.trust_path, settings.local_trust_path, *([trust] if trust else []))
 
 
@@ -148,7 +174,7 @@ def verify(
     else:
         for v in verdicts:
             mark = "[green]ok[/green]      " if v.ok else f"[red]rejected[/red] {v.reason}"
-            console.print(f"{mark}  {v.path}" + ("" if v.ok else f"  ({v.detail})"))
+            console.print(f"{mark}  {escape(v.path)}" + ("" if v.ok else f"  ({escape(v.detail)})"), soft_wrap=True)
     raise typer.Exit(0 if all(v.ok for v in verdicts) else 1)
 
 
@@ -176,8 +202,8 @@ def ingest(
     from rag.wiring import build_ingestor
 
     settings = _settings(ctx)
+    total = len(discover(paths))  # a path that does not exist is refused before any store is opened
     ingestor = build_ingestor(settings, trust=_trust(settings, trust))
-    total = len(discover(paths))
     with Progress(
         TextColumn("ingest"),
         BarColumn(),
@@ -223,11 +249,12 @@ def _print_report(summary: dict[str, object]) -> None:
     rejections = summary["rejections"]
     assert isinstance(rejections, list)
     for item in rejections:
-        console.print(f"[red]rejected[/red] {item['reason']:<18} {item['path']}  ({item['detail']})")
+        line = f"[red]rejected[/red] {item['reason']:<18} {escape(item['path'])}  ({escape(item['detail'])})"
+        console.print(line, soft_wrap=True)
     withdrawals = summary["withdrawals"]
     assert isinstance(withdrawals, list)
     for item in withdrawals:
-        console.print(f"[yellow]withdrawn[/yellow] {item['reason']:<17} {item['doc_id']}")
+        console.print(f"[yellow]withdrawn[/yellow] {item['reason']:<17} {escape(item['doc_id'])}", soft_wrap=True)
 
 
 @import_app.command("pydoc")
@@ -242,7 +269,7 @@ def import_pydoc_cmd(
     from ingest.pydoc_import import import_pydoc
 
     written = import_pydoc(out, key)
-    console.print(f"imported {len(written)} topics into {out}")
+    console.print(f"imported {len(written)} topics into {escape(str(out))}")
 
 
 def remove(
@@ -252,7 +279,7 @@ def remove(
     from rag.wiring import build_ingestor
 
     doc = build_ingestor(_settings(ctx)).remove(doc_id)
-    console.print(f"removed {doc.doc_id} ({doc.chunks} chunks)")
+    console.print(f"removed {escape(doc.doc_id)} ({doc.chunks} chunks)")
 
 
 def documents(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -276,7 +303,7 @@ def documents(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
         status = {"live": "live", "held": f"held: {d.get('held_reason')}"}.get(
             d["status"], f"withdrawn: {d.get('withdrawn_reason')}"
         )
-        table.add_row(
+        cells = (
             d["doc_id"],
             status,
             str(d["title"])[:40],
@@ -287,6 +314,7 @@ def documents(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
             synthetic_cell(d.get("synthetic")),
             str(d["sha256"])[:12],
         )
+        table.add_row(*(escape(str(cell)) for cell in cells))  # names and titles are curators' text, not markup
     console.print(table)
 
 
@@ -418,8 +446,7 @@ def ledger_reset(
     settings = _settings(ctx)
     what = f"the ledger {settings.ledger_path}, its head, every chunk in the store and the BM25 index"
     if not yes:
-        console.print(f"this deletes {what}; run again with --yes to do it")
-        raise typer.Exit(1)
+        raise InvalidInputError(f"This deletes {what}; run again with --yes to do it.", code="confirmation_required")
     report = reset(settings, _ledger(settings), build_store(settings))
     console.print(f"deleted {report.entries} ledger entries and {report.chunks} stored chunks; ingest to start again")
 

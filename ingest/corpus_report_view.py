@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from ingest.corpus_report import ChunkText, build_report
 from ingest.ledger import Ledger
+from rag.errors import InvalidInputError
 from rag.settings import Settings
 
 corpus_app = typer.Typer(help="The knowledge base over its versions.", no_args_is_help=True)
@@ -118,6 +120,10 @@ def report_cmd(
     """Documents, human share, diversity, near duplicates, spread and tail coverage over every version.
 
     Example: rag corpus report --html corpus.html"""
+    if not math.isfinite(gap_s) or gap_s < 0:
+        raise typer.BadParameter("must be a number of seconds, 0 or more", param_hint="--gap-s")
+    if html_path is not None and (html_path.is_dir() or not html_path.parent.is_dir()):
+        raise InvalidInputError(f"--html {html_path} must name a file in an existing folder.", code="invalid_output")
     settings: Settings = ctx.obj
     report = collect(settings, gap_s=gap_s)
     if html_path is not None:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from ingest.chunking import Chunker
 from ingest.ledger import LiveDocument, chunk_id
 from ingest.loaders import extract_text, is_markdown
-from ingest.provenance import Verdict, verify_document
+from ingest.provenance import Verdict, is_blank, verify_document
 from ingest.trust import TrustStore, utc_now
 from rag.guardrails.detector import SyntheticTextCheck
 from rag.settings import IngestSettings
@@ -224,8 +224,11 @@ class Decider:
         )
 
     def policy(self, verdict: Verdict, live: dict[str, LiveDocument], totals: dict[str, int]) -> Verdict | None:
-        """The refusal of the origin policy, the human floor or a content check; None to admit."""
+        """The refusal of the origin policy, the human floor or a content check, or of a document with nothing to
+        read once its markup is removed; None to admit."""
         assert verdict.predicate is not None and verdict.text is not None
+        if is_blank(extract_text(Path(verdict.path), verdict.text)):
+            return _refuse(verdict, "empty_document", "no text is left once the markup is removed")
         origin = verdict.predicate.origin
         policy = self.settings
         if origin not in policy.allowed_origins or origin == "ai-generated":

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import rfc8785
 
+from ingest.files import FileRefusedError, read_regular
 from ingest.trust import key_id, load_private_key, load_public_key, public_key_pem, utc_now, write_key_pair
-from rag.errors import KeyFileError, LedgerError
+from rag.errors import InvalidInputError, KeyFileError, LedgerError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -160,16 +161,42 @@ def hash_at(hashes: list[str], index: int) -> str | None:
 
 def parse_expected_head(value: str) -> dict[str, Any]:
     """A signed head as `rag ledger head` prints it, given as the JSON text or a file holding it."""
+    wrong = InvalidInputError(
+        "--expect takes the signed head printed by `rag ledger head` (the JSON, or a file holding it).",
+        code="invalid_expected_head",
+    )
     text = value
-    if not value.lstrip().startswith("{") and Path(value).is_file():
-        text = Path(value).read_text()
+    try:
+        named_file = not value.lstrip().startswith("{") and Path(value).is_file()
+    except OSError:  # a name too long to be a file: then it is meant as the JSON
+        named_file = False
+    if named_file:
+        try:
+            text = read_regular(Path(value), max_bytes=1 << 20, follow_symlinks=True, what="head file").decode()
+        except (FileRefusedError, UnicodeDecodeError) as exc:
+            raise wrong from exc
     try:
         parsed = json.loads(text)
-    except ValueError as exc:
-        raise LedgerError("--expect takes the signed head printed by `rag ledger head` (JSON or a file).") from exc
-    if not isinstance(parsed, dict):
-        raise LedgerError("--expect takes the signed head printed by `rag ledger head` (JSON or a file).")
-    return dict(parsed.get("signed", parsed))
+    except (ValueError, RecursionError) as exc:
+        raise wrong from exc
+    signed = parsed.get("signed", parsed) if isinstance(parsed, dict) else None
+    if not isinstance(signed, dict) or not _envelope_shaped(signed):
+        raise wrong
+    return dict(signed)
+
+
+def _envelope_shaped(value: dict[str, Any]) -> bool:
+    """A DSSE envelope's fields with their types (what they say is for the signature check to decide)."""
+    signatures = value.get("signatures")
+    return (
+        isinstance(value.get("payload"), str)
+        and isinstance(value.get("payloadType"), str)
+        and isinstance(signatures, list)
+        and all(
+            isinstance(s, dict) and isinstance(s.get("keyid"), str) and isinstance(s.get("sig"), str)
+            for s in signatures
+        )
+    )
 
 
 def check_signature(key: LedgerKey | None, head: dict[str, Any]) -> list[str]:

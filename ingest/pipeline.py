@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from ingest.background import in_background
 from ingest.commitments import commitments, drift
 from ingest.decisions import ContentCheck, Decider, IngestReport, Pending, Withdraw, owner_of
+from ingest.files import printable_path, read_json_object
 from ingest.ledger import Ledger, LiveDocument, chunk_id, parse_chunk_id, revoked_keyids, text_sha256
 from ingest.ledger_head import LedgerKey
 from ingest.loaders import is_document
@@ -40,20 +41,50 @@ __all__ = ["Ingestor", "chunk_id", "discover", "in_background", "parse_chunk_id"
 
 
 def discover(paths: Sequence[Path]) -> list[tuple[Path, Path]]:
-    """(document, corpus root) pairs; a directory is its own root, a file's root is its folder."""
+    """(document, corpus root) pairs; a directory is its own root, a file's root is its folder.
+
+    Everything named like a document is listed whatever it is (a folder, a FIFO, a link), so that verification
+    refuses it with a reason code instead of skipping it unseen; so is a linked folder (never entered) and a
+    folder that cannot be listed. A path given here that is a link to a folder is followed: it is the root."""
     found: list[tuple[Path, Path]] = []
     for path in paths:
         if path.is_dir():
-            found.extend((p, path) for p in sorted(path.rglob("*")) if p.is_file() and is_document(p))
-        elif path.is_file():
+            found.extend((entry, path) for entry in _walk(path))
+        elif os.path.lexists(path):
             if not is_document(path):
                 raise InvalidInputError(
-                    f"{path} is not a supported document (.md, .txt or .html).", code="unsupported_type"
+                    f"{printable_path(path)} is not a supported document (.md, .markdown, .txt, .html or .htm).",
+                    code="unsupported_type",
                 )
             found.append((path, path.parent))
         else:
-            raise InvalidInputError(f"{path} does not exist.", code="path_not_found")
+            raise InvalidInputError(f"{printable_path(path)} does not exist.", code="path_not_found")
     return found
+
+
+def _walk(root: Path) -> list[Path]:
+    """Entries under `root` to decide on, in path order, without following links (os.walk does not enter a
+    linked folder)."""
+    found: list[Path] = []
+    unlisted: list[Path] = []
+
+    def failed(error: OSError) -> None:
+        if error.filename is not None and Path(error.filename) != root:
+            unlisted.append(Path(error.filename))
+        else:
+            raise InvalidInputError(
+                f"The folder {printable_path(root)} cannot be read: {(error.strerror or 'error').lower()}.",
+                code="unreadable",
+            )
+
+    for folder, dirs, files in os.walk(root, onerror=failed, followlinks=False):
+        here = Path(folder)
+        for name in dirs:
+            entry = here / name
+            if is_document(entry) or entry.is_symlink():
+                found.append(entry)
+        found.extend(here / name for name in files if is_document(here / name))
+    return sorted(set(found + unlisted))
 
 
 class Ingestor:
@@ -311,7 +342,7 @@ class Ingestor:
 
     def _write_quarantine(self, report: IngestReport) -> None:
         path = self.settings.quarantine_path
-        current: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        current = read_json_object(path)
         for item in report.accepted + report.replaced + report.unchanged:
             current.pop(item["path"], None)
         for item in report.rejected:

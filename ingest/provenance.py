@@ -23,12 +23,18 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ingest.files import FileRefusedError, printable_path, read_regular, write_atomic
 from ingest.trust import TrustStore, key_id, key_problem, utc_now
+from rag.errors import InvalidInputError
+from rag.settings import IngestSettings
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://provenance-first-rag.example/document-provenance/v1"
 MANIFEST_SUFFIX = ".prov.json"
+# A manifest is a few kilobytes; anything far larger is not one, and is not read into memory.
+MAX_MANIFEST_BYTES = 1 << 20
+DEFAULT_MAX_DOCUMENT_BYTES: int = IngestSettings.model_fields["max_document_bytes"].default
 
 Origin = Literal["human", "human-edited-ai", "ai-generated"]
 
@@ -44,6 +50,28 @@ def text_digest(text: str) -> str:
 
 def manifest_path(document: Path) -> Path:
     return document.with_name(document.name + MANIFEST_SUFFIX)
+
+
+def is_blank(text: str) -> bool:
+    """True when nothing would be left to read: only whitespace, control and format characters (BOM, ZWSP)."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp") for ch in text)
+
+
+def read_document(document: Path, *, max_bytes: int) -> str:
+    """The normalised text of a document file, read once; InvalidInputError with a reason code otherwise.
+
+    Codes: `path_not_found`, `not_a_regular_file` (a folder, FIFO, device or symbolic link: links are not
+    followed), `too_large`, `unreadable`, `not_utf8`, `empty_document` (nothing but white space)."""
+    data = read_regular(document, max_bytes=max_bytes, what="document")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileRefusedError(
+            document, "document", f"is not UTF-8 text (invalid byte at offset {exc.start})", code="not_utf8"
+        ) from exc
+    if is_blank(text):
+        raise FileRefusedError(document, "document", "is empty or white space only", code="empty_document")
+    return normalise_text(text)
 
 
 # --- manifest -------------------------------------------------------------------------------
@@ -126,10 +154,46 @@ def sign_document(
     source_uri: str | None = None,
     curator: str,
     created: str | None = None,
+    max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
 ) -> Path:
-    """Write `<document>.prov.json`, signing the normalised text as named relative to `root`."""
-    text = document.read_text(encoding="utf-8")
+    """Write `<document>.prov.json`, signing the normalised text as named relative to `root`.
+
+    Refuses (InvalidInputError with a reason code, nothing written) what verification would refuse before the
+    manifest: a file outside `root`, not a regular file, unreadable, not UTF-8 or empty."""
+    manifest = sign_manifest(
+        document,
+        key,
+        root=root,
+        title=title,
+        authors=authors,
+        license=license,
+        origin=origin,
+        source_uri=source_uri,
+        curator=curator,
+        created=created,
+        max_bytes=max_bytes,
+    )
+    return write_manifest(document, manifest)
+
+
+def sign_manifest(
+    document: Path,
+    key: Ed25519PrivateKey,
+    *,
+    root: Path | None = None,
+    title: str | None = None,
+    authors: list[str],
+    license: str,
+    origin: Origin,
+    source_uri: str | None = None,
+    curator: str,
+    created: str | None = None,
+    max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+) -> dict[str, Any]:
+    """The signed envelope for `document` (see `sign_document`), without writing it."""
     root = root or document.parent
+    name = document_name(document, root)
+    text = read_document(document, max_bytes=max_bytes)
     now = utc_now()
     predicate = Predicate(
         title=title or document.stem,
@@ -140,16 +204,46 @@ def sign_document(
         license=license,
         curator=Curator(name=curator, reviewed_at=now),
     ).model_dump(exclude_none=True)
-    statement = build_statement(subject_name(document, root), text_digest(text), predicate)
+    return sign_statement(build_statement(name, text_digest(text), predicate), key)
+
+
+def write_manifest(document: Path, manifest: dict[str, Any]) -> Path:
+    """Write the sidecar atomically: a symbolic link (or anything else) at its name is replaced, never written
+    through. FileRefusedError (`write_failed`) if it cannot be written."""
     out = manifest_path(document)
-    out.write_text(json.dumps(sign_statement(statement, key), indent=2) + "\n", encoding="utf-8")
+    write_atomic(out, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"), what="manifest")
     return out
 
 
 def subject_name(document: Path, root: Path) -> str:
     """The document's path relative to the corpus root, NFC: the subject it is signed as and its document id.
-    ValueError if it resolves outside the root (a symlink pointing elsewhere)."""
-    return unicodedata.normalize("NFC", document.resolve().relative_to(root.resolve()).as_posix())
+
+    The folders are resolved (a linked folder counts as where it points); the file name itself is not, since
+    a linked document is refused. ValueError if the document is outside the root (through `..` or a link)."""
+    if document.name in ("", ".", ".."):
+        raise ValueError(f"{document} does not name a file")
+    parent = Path(os.path.realpath(document.parent))
+    relative = (parent / document.name).relative_to(os.path.realpath(root))
+    return unicodedata.normalize("NFC", relative.as_posix())
+
+
+def document_name(document: Path, root: Path) -> str:
+    """`subject_name`, or InvalidInputError: `outside_root`, or `invalid_name` for a name that is not UTF-8."""
+    try:
+        name = subject_name(document, root)
+    except ValueError as exc:
+        raise InvalidInputError(
+            f"{printable_path(document)} is outside the corpus root {printable_path(root)} (through `..` or a "
+            "linked folder).",
+            code="outside_root",
+        ) from exc
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"The file name {printable_path(document)} is not UTF-8; rename it.", code="invalid_name"
+        ) from exc
+    return name
 
 
 # --- verification ---------------------------------------------------------------------------
@@ -195,49 +289,53 @@ def verify_document(
     max_bytes: int,
     now: datetime | None = None,
 ) -> Verdict:
-    """Verify `document` against its sidecar manifest and the trust store, failing closed."""
+    """Verify `document` against its sidecar manifest and the trust store, failing closed.
+
+    The file is read once, through one descriptor: the text whose digest is checked is the text the verdict
+    carries, the only text that is chunked and embedded, whatever happens to the file afterwards. Symbolic
+    links are not followed (`outside_root` when one points out of the root, else `not_a_regular_file`)."""
     now = now or datetime.now(UTC)
+    path = printable_path(document)
     try:
-        name = subject_name(document, root)
-    except ValueError:
-        where = unicodedata.normalize("NFC", os.path.relpath(document, root))
-        return Verdict(
-            path=str(document),
-            doc_id=where,
-            ok=False,
-            reason="outside_root",
-            detail=f"resolves to {document.resolve()}, outside the corpus root {root}",
-        )
-    base: dict[str, Any] = {"path": str(document), "doc_id": name}
+        name = document_name(document, root)
+    except InvalidInputError as exc:
+        where = unicodedata.normalize("NFC", printable_path(os.path.relpath(document, root)))
+        return Verdict(path=path, doc_id=where, ok=False, reason=exc.code, detail=exc.message)
+    base: dict[str, Any] = {"path": path, "doc_id": name}
 
     def reject(reason: str, detail: str, **extra: Any) -> Verdict:
         return Verdict(ok=False, reason=reason, detail=detail, **base, **extra)
 
+    if document.is_symlink():
+        target = os.path.realpath(document)
+        if not _within(target, root):
+            return reject("outside_root", f"a symbolic link to {printable_path(target)}, outside the corpus root")
+        return reject(
+            "not_a_regular_file",
+            f"a symbolic link to {printable_path(target)}; links are not followed, ingest the file it points to",
+        )
     try:
-        size = document.stat().st_size
-    except OSError as exc:
-        return reject("unreadable", f"cannot stat the file: {exc.strerror}")
-    if size > max_bytes:
-        return reject("too_large", f"{size} bytes is over the limit of {max_bytes}")
-    try:
-        text = document.read_bytes().decode("utf-8")
-    except OSError as exc:
-        return reject("unreadable", f"cannot read the file: {exc.strerror}")
-    except UnicodeDecodeError:
-        return reject("unreadable", "the file is not valid UTF-8 text")
-    text = normalise_text(text)
+        text = read_document(document, max_bytes=max_bytes)
+    except InvalidInputError as exc:
+        if exc.code == "not_a_regular_file" and document.is_dir() and not os.access(document, os.R_OK | os.X_OK):
+            return reject("unreadable", "a folder that cannot be listed: the documents in it were not seen")
+        return reject("unreadable" if exc.code == "path_not_found" else exc.code, _detail(exc))
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     sidecar = manifest_path(document)
-    if not sidecar.exists():
-        return reject("missing_manifest", f"no {sidecar.name} beside the document", sha256=sha)
-    raw = sidecar.read_bytes()
+    try:
+        raw = read_regular(sidecar, max_bytes=MAX_MANIFEST_BYTES, what="manifest")
+    except InvalidInputError as exc:
+        if exc.code == "path_not_found":
+            return reject("missing_manifest", f"no {sidecar.name} beside the document", sha256=sha)
+        reason = "unreadable" if exc.code == "unreadable" else "malformed_manifest"
+        return reject(reason, _detail(exc), sha256=sha)
     manifest_sha = hashlib.sha256(raw).hexdigest()
     try:
         envelope = Envelope.model_validate_json(raw)
-        payload = base64.b64decode(envelope.payload, validate=True)
+        payload = _base64(envelope.payload)
         statement = Statement.model_validate_json(payload)
-        signature = base64.b64decode(envelope.signatures[0].sig, validate=True)
+        signature = _base64(envelope.signatures[0].sig)
     except (ValidationError, binascii.Error, ValueError) as exc:
         return reject("malformed_manifest", _first_line(exc), sha256=sha, manifest_sha256=manifest_sha)
     keyid = envelope.signatures[0].keyid
@@ -270,6 +368,24 @@ def verify_document(
     if unicodedata.normalize("NFC", subject.name) != name:
         return reject("subject_mismatch", f"manifest names {subject.name!r}, file is {name!r}", **common)
     return Verdict(ok=True, text=text, **base, **common)
+
+
+def _base64(value: str) -> bytes:
+    """Strict base64: the alphabet, padding, and the one canonical spelling (spare bits zero), so that no two
+    manifests differing in a byte decode to the same payload or signature."""
+    raw = base64.b64decode(value, validate=True)
+    if base64.b64encode(raw).decode("ascii") != value:
+        raise ValueError("base64 that is not in canonical form")
+    return raw
+
+
+def _within(target: str, root: Path) -> bool:
+    base = os.path.realpath(root)
+    return os.path.commonpath([base, target]) == base
+
+
+def _detail(exc: InvalidInputError) -> str:
+    return exc.detail if isinstance(exc, FileRefusedError) else exc.message
 
 
 def _first_line(exc: Exception) -> str:

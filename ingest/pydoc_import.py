@@ -7,12 +7,15 @@ their heading path. Each file is then signed as `human` by the curator key given
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
 
-from ingest.provenance import manifest_path, sign_document
+from ingest.files import FileRefusedError, read_regular, write_atomic
+from ingest.provenance import DEFAULT_MAX_DOCUMENT_BYTES, manifest_path, sign_document
 from ingest.trust import load_private_key
+from rag.errors import InvalidInputError
 
 AUTHORS = ["Python documentation authors"]
 LICENSE = "PSF-2.0"
@@ -56,15 +59,21 @@ def import_pydoc(out_dir: Path, key_path: Path, *, curator: str | None = None) -
     from pydoc_data.topics import topics
 
     key = load_private_key(key_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise InvalidInputError(f"--out {out_dir} is not a folder.", code="not_a_folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(f"Cannot make the folder {out_dir}: {exc.strerror}.", code="write_failed") from exc
     written = []
     for topic in sorted(topics):
         document = out_dir / f"{topic}.md"
         text = rst_headings_to_markdown(topics[topic])
         written.append(document)
-        if document.exists() and document.read_text(encoding="utf-8") == text and manifest_path(document).exists():
+        if _current_text(document) == text and manifest_path(document).is_file():
             continue  # already imported; re-signing would only churn the manifest
-        document.write_text(text, encoding="utf-8")
+        # Replaces whatever is at the name (a link is not written through).
+        write_atomic(document, text.encode("utf-8"), what="document")
         sign_document(
             document,
             key,
@@ -77,3 +86,11 @@ def import_pydoc(out_dir: Path, key_path: Path, *, curator: str | None = None) -
             curator=curator or key_path.stem,
         )
     return written
+
+
+def _current_text(document: Path) -> str | None:
+    """The text of an earlier import at `document`, if a regular UTF-8 file is there."""
+    try:
+        return read_regular(document, max_bytes=DEFAULT_MAX_DOCUMENT_BYTES, what="document").decode("utf-8")
+    except (FileRefusedError, UnicodeDecodeError):
+        return None

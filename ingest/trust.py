@@ -11,13 +11,16 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ingest.files import FileRefusedError, read_regular, write_atomic
 from rag.errors import KeyFileError, NotFoundError, TrustStoreError
 
 
@@ -43,23 +46,37 @@ def key_id(key: Ed25519PublicKey) -> str:
     return hashlib.sha256(public_key_bytes(key)).hexdigest()
 
 
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_KEY_FILE_BYTES = 64 * 1024
+MAX_TRUST_FILE_BYTES = 16 << 20
+
+
 def write_key_pair(name: str, out_dir: Path) -> tuple[Path, Ed25519PublicKey]:
     """Create an Ed25519 pair as `NAME.key` (PKCS#8 PEM, mode 0600) and `NAME.pub`; never overwrite."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not KEY_NAME.fullmatch(name):
+        raise KeyFileError(
+            f"{name!r} cannot name a key: use letters, digits, '.', '_' and '-' (up to 64, not starting with '.').",
+            code="invalid_key_name",
+        )
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise KeyFileError(f"{out_dir} is not a folder; --out takes the folder for the key pair.", code="not_a_folder")
     private_path, public_path = out_dir / f"{name}.key", out_dir / f"{name}.pub"
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
         # O_EXCL: an existing key is never replaced, and the mode is set before any byte is written.
-        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError as exc:
         raise KeyFileError(f"{private_path} already exists; keys are never overwritten.", code="key_exists") from exc
+    except OSError as exc:
+        raise KeyFileError(f"Cannot write {private_path}: {exc.strerror}.", code="write_failed") from exc
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
     public = private.public_key()
-    public_path.write_bytes(public_key_pem(public))
+    write_atomic(public_path, public_key_pem(public), what="public key")
     return private_path, public
 
 
@@ -67,13 +84,20 @@ def public_key_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def _key_bytes(path: Path, what: str) -> bytes:
+    """A key file's bytes (a link to one is followed: the path is the curator's own choice); KeyFileError."""
+    try:
+        return read_regular(path, max_bytes=MAX_KEY_FILE_BYTES, follow_symlinks=True, what=what)
+    except FileRefusedError as exc:
+        code = {"path_not_found": "key_not_found", "unreadable": "key_unreadable"}.get(exc.code, "key_invalid")
+        raise KeyFileError(exc.message, code=code) from exc
+
+
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """An Ed25519 public key from a PEM file (`NAME.pub`, as `write_key_pair` writes it)."""
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except FileNotFoundError as exc:
-        raise KeyFileError(f"Public key file {path} does not exist.", code="key_not_found") from exc
-    except (ValueError, TypeError) as exc:
+        key = serialization.load_pem_public_key(_key_bytes(path, "public key file"))
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"{path} is not a PEM public key.", code="key_invalid") from exc
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileError(f"{path} is not an Ed25519 key.", code="key_invalid")
@@ -82,10 +106,8 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError as exc:
-        raise KeyFileError(f"Key file {path} does not exist.", code="key_not_found") from exc
-    except (ValueError, TypeError) as exc:
+        key = serialization.load_pem_private_key(_key_bytes(path, "key file"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"{path} is not an unencrypted PEM private key.", code="key_invalid") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{path} is not an Ed25519 key.", code="key_invalid")
@@ -230,9 +252,11 @@ def _stricter(first: TrustedKey, second: TrustedKey) -> TrustedKey:
 def read_trust_file(path: Path) -> TrustStoreFile:
     """Read and check one trust file; anything wrong is one `trust_store_invalid` line, never a traceback."""
     try:
-        store = TrustStoreFile.model_validate_json(path.read_bytes())
-    except OSError as exc:
-        raise TrustStoreError(f"Trust store {path} cannot be read: {exc.strerror}.") from exc
+        store = TrustStoreFile.model_validate_json(
+            read_regular(path, max_bytes=MAX_TRUST_FILE_BYTES, follow_symlinks=True, what="trust store")
+        )
+    except FileRefusedError as exc:
+        raise TrustStoreError(exc.message) from exc
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"]) or "file"
@@ -249,10 +273,13 @@ def read_trust_file(path: Path) -> TrustStoreFile:
 
 
 def write_trust_file(path: Path, store: TrustStoreFile) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(store.model_dump_json(indent=2, exclude_none=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, (store.model_dump_json(indent=2, exclude_none=True) + "\n").encode(), what="trust store")
+    except FileRefusedError as exc:
+        raise TrustStoreError(exc.message, code="write_failed") from exc
+    except OSError as exc:
+        raise TrustStoreError(f"Trust store {path} cannot be written: {exc.strerror}.", code="write_failed") from exc
 
 
 def add_trusted_key(path: Path, name: str, public: Ed25519PublicKey, expires: str | None = None) -> TrustedKey:

@@ -4,23 +4,97 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from typer._click import exceptions as click_errors
+from typer.core import TyperGroup
 
-from rag.errors import RagError
+from rag.errors import InvalidInputError, RagError
 from rag.settings import Settings
 
 if TYPE_CHECKING:
     from rag.answering import Answer
 
+# How a usage error is named in its one line: `error [code] ...`.
+USAGE_CODES = {
+    click_errors.NoSuchOption: "unknown_option",
+    click_errors.MissingParameter: "missing_argument",
+    click_errors.BadParameter: "invalid_argument",
+}
+
+
+class RagCommands(TyperGroup):
+    """The `rag` group: whatever a user gets wrong ends as one line `error [code] sentence`, never a traceback.
+
+    Exit 2: the input was refused before anything was done (typer's usage errors and our domain errors alike);
+    exit 1: the command ran and found a problem (a rejected document, a ledger that does not verify), or failed
+    unexpectedly (`io_error`, `internal_error`; RAG_DEBUG=1 shows the traceback). Also in-process (CliRunner)."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = result if isinstance(result, int) else 0
+        except RagError as exc:
+            code = _fail(exc.code, exc.message, 2)
+        except click_errors.NoArgsIsHelpError as exc:
+            exc.show()
+            code = exc.exit_code
+        except click_errors.UsageError as exc:
+            hint = f" See '{exc.ctx.command_path} --help'." if exc.ctx is not None else ""
+            code = _fail(_usage_code(exc), _sentence(exc.format_message()) + hint, exc.exit_code)
+        except click_errors.ClickException as exc:
+            code = _fail("usage_error", exc.format_message(), exc.exit_code)
+        except typer.Abort:
+            code = _fail("aborted", "Aborted.", 1)
+        except Exception as exc:
+            if os.environ.get("RAG_DEBUG"):
+                raise
+            if isinstance(exc, OSError):
+                where = f" ({exc.filename})" if exc.filename else ""
+                code = _fail("io_error", f"{exc.strerror or type(exc).__name__}{where}", 1)
+            else:
+                # A bug, not bad input: still one line, and the traceback on request.
+                detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                code = _fail("internal_error", f"{type(exc).__name__}: {detail} (RAG_DEBUG=1 shows where)", 1)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _usage_code(exc: Exception) -> str:
+    return next((code for kind, code in USAGE_CODES.items() if isinstance(exc, kind)), "usage_error")
+
+
+def _sentence(message: str) -> str:
+    line = " ".join(message.split())
+    return line if line.endswith((".", "!", "?")) else line + "."
+
+
+def _fail(code: str, message: str, exit_code: int) -> int:
+    """Print the one line of an error on standard error; returns the exit code."""
+    line = f"[red]error[/red] \\[{code}] {escape(_sentence(message))}"
+    Console(stderr=True, highlight=False).print(line, soft_wrap=True)
+    return exit_code
+
+
 app = typer.Typer(
     help="Provenance-first RAG: sign, verify and ingest human-written documents; answer with citations.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=RagCommands,
 )
 
 
@@ -30,14 +104,19 @@ def _root(ctx: typer.Context) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-    ctx.obj = Settings()
+    try:
+        ctx.obj = Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = "RAG_" + "__".join(str(part).upper() for part in error["loc"])
+        raise InvalidInputError(f"The setting {where} is invalid: {error['msg']}.", code="invalid_settings") from None
 
 
 @app.command()
 def serve(
     ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
-    port: int = typer.Option(8000, help="TCP port."),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
 ) -> None:
     """Serve the answering API (OpenAPI docs at /docs)."""
     from api.server import serve as run_server
@@ -253,7 +332,7 @@ def _print_eval(summary: dict[str, Any], out: Path) -> None:
             table.add_row("false alarms (supported)", "", fmt(guard["false_alarm"]),
                           fmt(guard["baseline"]["false_alarm"]))  # fmt: skip
             console.print(table)
-    console.print(f"reports in {out}/ (report.md, report.html, summary.json)")
+    console.print(f"reports in {escape(str(out))}/ (report.md, report.html, summary.json)")
 
 
 @eval_app.command("history")
@@ -280,7 +359,7 @@ def eval_history(ctx: typer.Context) -> None:
                       fmt(e["quote_f1"]), fmt(e["ungrounded_f1"]), fmt(e.get("ungrounded_precision")))  # fmt: skip
     Console().print(table)
     chart = plot_history(entries, settings.data_dir / "eval_history.png")
-    Console().print(f"chart: {chart}")
+    Console().print(f"chart: {escape(str(chart))}")
 
 
 def _register() -> None:
@@ -293,21 +372,5 @@ _register()
 
 
 def main() -> None:
-    """Console-script entry: domain errors become a readable line and a non-zero exit."""
-    try:
-        code = app(standalone_mode=False)
-    except RagError as exc:
-        Console(stderr=True).print(f"[red]error[/red] \\[{exc.code}] {escape(exc.message)}")
-        sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as exc:
-        # Usage errors from typer's bundled click: print its message, exit with its code.
-        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if callable(show) and isinstance(exit_code, int):
-            show()
-            sys.exit(exit_code)
-        raise
-    sys.exit(code if isinstance(code, int) else 0)
+    """Console-script entry: every error is one line `error [code] ...` and a non-zero exit (see RagCommands)."""
+    app()

@@ -35,7 +35,7 @@ class SquadData:
             raise InvalidInputError(f"Dataset not found: {path}.", code="dataset_missing")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise InvalidInputError(f"{path} is not JSON ({exc}).", code="dataset_not_json") from exc
         shape = InvalidInputError(
             f"{path} is not SQuAD-shaped: expected data[].paragraphs[].context and qas[].question/answers[].text.",

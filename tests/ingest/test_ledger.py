@@ -124,7 +124,8 @@ def test_a_deleted_head_after_a_data_dir_move_refuses_and_deletes_nothing(
 def test_ledger_reset_says_what_it_destroys_and_needs_yes(settings: Settings, corpus: Path) -> None:
     ingestor(settings).ingest([corpus])
     asked = CliRunner().invoke(app, ["ledger", "reset"], terminal_width=300)
-    assert asked.exit_code == 1 and "every chunk in the store" in asked.output
+    assert asked.exit_code == 2 and "[confirmation_required]" in asked.output
+    assert "every chunk in the store" in asked.output
     held = build_store(settings).count()
     assert settings.ledger_path.exists() and held
     done = CliRunner().invoke(app, ["ledger", "reset", "--yes"], terminal_width=300)
@@ -171,5 +172,5 @@ def test_sign_head_refuses_a_broken_chain(settings: Settings, corpus: Path) -> N
     lines = settings.ledger_path.read_text().splitlines(keepends=True)
     settings.ledger_path.write_text(lines[0] + lines[2])  # a dropped entry
     signed = CliRunner().invoke(app, ["ledger", "sign-head"])
-    assert isinstance(signed.exception, LedgerError) and "Not signing" in str(signed.exception)
+    assert signed.exit_code == 2 and "[ledger_corrupt]" in signed.output and "Not signing" in signed.output
     assert not settings.ledger_key_path.exists()

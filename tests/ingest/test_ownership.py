@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import unicodedata
 from pathlib import Path
 
@@ -179,7 +181,11 @@ def test_an_unverifiable_new_manifest_leaves_the_live_version(
 ) -> None:
     root, store = admitted
     sidecar = root / "pass.md.prov.json"
-    sidecar.write_text(sidecar.read_text().replace('"sig": "', '"sig": "AA'))
+    manifest = json.loads(sidecar.read_text())
+    signature = bytearray(base64.b64decode(manifest["signatures"][0]["sig"]))
+    signature[0] ^= 1
+    manifest["signatures"][0]["sig"] = base64.b64encode(bytes(signature)).decode()
+    sidecar.write_text(json.dumps(manifest))
     report = Ingestor(settings, store, FakeEmbedder()).ingest([root])
     assert [r["reason"] for r in report.rejected] == ["bad_signature"] and not report.withdrawn
     assert stored(store, "pass.md")

@@ -156,11 +156,11 @@ def test_disallowed_origin_for_ai_generated(settings: Settings, curator: Curator
     assert reason_of(settings, doc) == "disallowed_origin"
 
 
-def test_unreadable_binary_file(settings: Settings, curator: Curator, tmp_path: Path) -> None:
+def test_binary_file_is_not_utf8(settings: Settings, curator: Curator, tmp_path: Path) -> None:
     doc = tmp_path / "c" / "a.txt"
     doc.parent.mkdir()
     doc.write_bytes(b"\xff\xfe\x00binary")
-    assert reason_of(settings, doc) == "unreadable"
+    assert reason_of(settings, doc) == "not_utf8"
 
 
 def test_too_large(settings: Settings, curator: Curator, tmp_path: Path) -> None:
