@@ -91,9 +91,10 @@ class WatermarkSettings(BaseModel):
 class AnswerSettings(BaseModel):
     top_k: int = Field(4, ge=1, le=20)
     answer_mode: Literal["extract", "free", "quote"] = Field(
-        "free",
-        description="extract: the best-scoring verbatim span of a passage (local generator only); free: generated "
-        "text, each sentence checked; quote: decoding constrained to passage tokens. Measured in the README.",
+        "extract",
+        description="extract (default): a verbatim span of a signed passage chosen by scoring, or its whole sentence "
+        "for a what-does/how/why question (local generator only; free with a remote one); free: generated text, "
+        "each sentence checked; quote: decoding constrained to passage tokens. Measured in the README.",
     )
     min_answer_gain: float = Field(
         1.0,
@@ -159,14 +160,13 @@ class RegistrySettings(BaseModel):
     threshold: float = Field(
         0.5, gt=0.0, le=1.0, description="Estimated Jaccard similarity (word bigrams) at which sentences match."
     )
-    word_threshold: float = Field(
-        0.6,
-        gt=0.0,
-        le=1.0,
-        description="Estimated Jaccard similarity of the sets of words at which sentences of word_min_words or more "
-        "match (a changed word costs one word but two bigrams).",
+    word_max_changed: int = Field(
+        2,
+        ge=0,
+        description="Sentences also match when their sets of words differ by at most this many substitutions (twice "
+        "as many words inserted or deleted) and share word_min_words: a changed word costs one word but two bigrams.",
     )
-    word_min_words: int = Field(6, ge=1, description="Shorter sentences match by bigrams or exactly only.")
+    word_min_words: int = Field(6, ge=1, description="Words two sentences must share to match by their word sets.")
     min_words: int = Field(4, ge=1, description="Shorter sentences are neither registered nor looked up.")
     min_matches: int = Field(
         2, ge=1, description="A document is refused when this many sentences match, or min_share of them do."

@@ -19,7 +19,7 @@ from typing import Any
 
 from rag.reader.spans import Span, best_spans, can_end_after, is_word_start, span_scores
 
-MAX_SPAN_TOKENS = 24  # an answer span of up to ~18 words
+MAX_SPAN_TOKENS = 16  # an answer span of up to ~12 words (a statement question gets its whole sentence)
 # A question that asks nothing: a span as likely here as after the real question does not answer it.
 NEUTRAL_QUESTION = "What does the context say?"
 
@@ -36,7 +36,7 @@ class Reading:
 class ExtractiveReader:
     """Reads with a causal LM held by a local generator (`generator.torch_model()`)."""
 
-    def __init__(self, generator: Any, *, starts: int = 20, max_span_tokens: int = MAX_SPAN_TOKENS) -> None:
+    def __init__(self, generator: Any, *, starts: int = 16, max_span_tokens: int = MAX_SPAN_TOKENS) -> None:
         self.generator = generator
         self.starts = starts
         self.max_span_tokens = max_span_tokens
