@@ -19,6 +19,7 @@ from ingest.admit import held_views, synthetic_cell
 from ingest.corpus_report_view import corpus_app
 from ingest.files import printable_path
 from ingest.ledger import Ledger
+from ingest.registry_cli import registry_app
 from ingest.trust import (
     TrustStore,
     add_trusted_key,
@@ -469,5 +470,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(import_app, name="import")
     app.add_typer(ledger_app, name="ledger")
     app.add_typer(corpus_app, name="corpus")
+    app.add_typer(registry_app, name="registry")
     for command in (sign, verify, ingest, remove, documents, admit):
         app.command()(command)

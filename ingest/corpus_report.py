@@ -6,6 +6,13 @@ signer and licence come from the ledger and are exact for every version. The tex
 near duplicates, embedding spread, tail coverage) need chunk texts, and the store holds only the current ones:
 for a past version they are computed over its chunks still in the store (`text_coverage` says what share), so
 they are approximate wherever a version's documents were since replaced or removed.
+
+Each version is compared three ways: with the version before it (a sudden change), with the version `window`
+versions back and with a baseline (cumulative drift: a slow flood of near copies, diversity or human share lost a
+little at a time, each step under the per-version limits). The baseline is a pinned reference version
+(`rag corpus report --pin-baseline` saves the latest one, with its rare words, in the data dir) or else the first
+version. Tail loss is measured against the baseline's rare words: the share of them a version still holds. Only a
+pinned baseline keeps the words of texts removed since (the store no longer has them).
 """
 
 from __future__ import annotations
@@ -72,6 +79,39 @@ def versions_of(entries: Iterable[dict[str, Any]], gap_s: float) -> list[tuple[i
     return out
 
 
+@dataclass
+class Baseline:
+    """The version later ones are compared with: its figures and its rare words (seen at most RARE_MAX times)."""
+
+    version: int
+    time: str
+    ledger_index: int
+    figures: dict[str, Any]
+    tail: set[str]
+    pinned: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """What `--pin-baseline` saves (and `Baseline.load` reads back)."""
+        return {
+            "version": self.version,
+            "time": self.time,
+            "ledger_index": self.ledger_index,
+            "figures": self.figures,
+            "tail": sorted(self.tail),
+        }
+
+    @classmethod
+    def load(cls, data: Mapping[str, Any]) -> Baseline:
+        return cls(
+            int(data["version"]),
+            str(data["time"]),
+            int(data["ledger_index"]),
+            dict(data["figures"]),
+            set(data.get("tail") or []),
+            pinned=True,
+        )
+
+
 def build_report(
     entries: list[dict[str, Any]],
     chunks: Mapping[str, ChunkText],
@@ -79,20 +119,39 @@ def build_report(
     *,
     human_floor: float,
     gap_s: float = 60.0,
+    baseline: Baseline | None = None,
 ) -> dict[str, Any]:
-    """Figures per version, oldest first, with the warnings each version raises against the one before."""
-    states = versions_of(entries, gap_s)
-    tail = _tail_words(chunks.values())
-    signatures: dict[str, Any] = {}
-    versions: list[Version] = []
-    for number, (index, stamp, live) in enumerate(states, start=1):
-        version = Version(number, stamp, index, _figures(live, chunks, tail, signatures, settings, human_floor))
-        if versions:
-            version.warnings = _warnings(versions[-1].figures, version.figures, settings)
-        versions.append(version)
+    """Figures per version, oldest first, with the warnings each version raises against the one before, the
+    version `settings.window` back and the baseline (`baseline`, a pinned one, or else the first version; only
+    versions after it are compared with it)."""
+    versions, vocabularies, first = _versions(entries, chunks, settings, human_floor, gap_s)
+    base = baseline or first
+    for i, version in enumerate(versions):
+        kept = len(base.tail & vocabularies[i]) / len(base.tail) if base and base.tail else None
+        version.figures["baseline_tail_kept"] = round(kept, 4) if kept is not None else None
+    for i, version in enumerate(versions):
+        if i:
+            version.warnings = _warnings(versions[i - 1].figures, version.figures, settings)
+        sudden = {w.split(" ", 1)[0] for w in version.warnings}
+        start = versions[max(0, i - settings.window)]
+        if start.number != version.number and (base is None or start.ledger_index != base.ledger_index):
+            label = f"since version {start.number}"
+            version.warnings += _drift(start.figures, version.figures, settings, label, sudden)
+        if base is not None and version.ledger_index > base.ledger_index:
+            label = f"since the {'pinned ' if base.pinned else ''}baseline (version {base.version}, {base.time[:16]})"
+            version.warnings += _drift(base.figures, version.figures, settings, label, sudden)
+            kept = version.figures["baseline_tail_kept"]
+            if kept is not None and kept < 1 - settings.max_tail_loss:
+                version.warnings.append(f"only {kept:.1%} of the baseline's rare words are left {label}: tail loss")
     return {
         "human_floor": human_floor,
         "version_gap_s": gap_s,
+        "window": settings.window,
+        "baseline": (
+            {"version": base.version, "time": base.time, "ledger_index": base.ledger_index, "pinned": base.pinned}
+            if base
+            else None
+        ),
         "approximate": "text measures of a past version use only its chunks still in the store (text_coverage)",
         "versions": [
             {"version": v.number, "time": v.time, "ledger_index": v.ledger_index, **v.figures, "warnings": v.warnings}
@@ -102,6 +161,46 @@ def build_report(
     }
 
 
+def latest_baseline(
+    entries: list[dict[str, Any]],
+    chunks: Mapping[str, ChunkText],
+    settings: CorpusReportSettings,
+    *,
+    human_floor: float,
+    gap_s: float = 60.0,
+) -> Baseline | None:
+    """The latest version as a baseline to pin (None for an empty ledger)."""
+    states = versions_of(entries, gap_s)
+    if not states:
+        return None
+    index, stamp, live = states[-1]
+    figures, _ = _figures(live, chunks, _tail_words(chunks.values()), {}, settings, human_floor)
+    return Baseline(len(states), stamp, index, figures, _rare(live, chunks), pinned=True)
+
+
+def _versions(
+    entries: list[dict[str, Any]],
+    chunks: Mapping[str, ChunkText],
+    settings: CorpusReportSettings,
+    human_floor: float,
+    gap_s: float,
+) -> tuple[list[Version], list[set[str]], Baseline | None]:
+    """Every version's figures and vocabulary, and the first version as a baseline."""
+    states = versions_of(entries, gap_s)
+    tail = _tail_words(chunks.values())
+    signatures: dict[str, Any] = {}
+    versions: list[Version] = []
+    vocabularies: list[set[str]] = []
+    first: Baseline | None = None
+    for number, (index, stamp, live) in enumerate(states, start=1):
+        figures, vocabulary = _figures(live, chunks, tail, signatures, settings, human_floor)
+        versions.append(Version(number, stamp, index, figures))
+        vocabularies.append(vocabulary)
+        if first is None:
+            first = Baseline(number, stamp, index, dict(figures), _rare(live, chunks))
+    return versions, vocabularies, first
+
+
 def _figures(
     live: dict[str, dict[str, Any]],
     chunks: Mapping[str, ChunkText],
@@ -109,7 +208,8 @@ def _figures(
     signatures: dict[str, Any],
     settings: CorpusReportSettings,
     human_floor: float,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], set[str]]:
+    """A version's figures, and the set of words its readable chunks hold."""
     docs = list(live.values())
     chars = sum(int(e.get("chars", 0)) for e in docs)
     human = sum(int(e.get("chars", 0)) for e in docs if e.get("origin") == "human")
@@ -119,6 +219,7 @@ def _figures(
     texts = [chunks[h].text for h in present]
     words = [w for t in texts for w in _words(t)]
     share = human / chars if chars else 0.0
+    vocabulary = set(words)
     figures: dict[str, Any] = {
         "documents": len(docs),
         "chunks": n_chunks,
@@ -135,10 +236,10 @@ def _figures(
         "compression_ratio": _compression(texts),
         "near_duplicate_rate": _near_duplicates(present, chunks, signatures, settings.near_duplicate_threshold),
         "embedding_spread": _spread([chunks[h].embedding for h in present]),
-        "tail_coverage": round(len(tail & set(words)) / len(tail), 4) if tail else None,
+        "tail_coverage": round(len(tail & vocabulary) / len(tail), 4) if tail else None,
         "synthetic": _synthetic(docs),
     }
-    return figures
+    return figures, vocabulary
 
 
 def _warnings(before: dict[str, Any], after: dict[str, Any], settings: CorpusReportSettings) -> list[str]:
@@ -160,6 +261,34 @@ def _warnings(before: dict[str, Any], after: dict[str, Any], settings: CorpusRep
             "a flood of near copies"
         )
     return found
+
+
+def _drift(
+    start: dict[str, Any], now: dict[str, Any], settings: CorpusReportSettings, label: str, sudden: set[str]
+) -> list[str]:
+    """Cumulative drift from `start` beyond the drift limits, for figures the version's own step did not warn of
+    (`sudden`: first words of its step warnings)."""
+    found = []
+    for name in ("mattr", "distinct_2"):
+        old, new = start.get(name), now.get(name)
+        if name not in sudden and old and new is not None and (old - new) / old > settings.max_drift_diversity_drop:
+            found.append(f"{name} fell {old:.3f} → {new:.3f} {label}: homogenising")
+    drop = (start.get("human_share") or 0.0) - (now.get("human_share") or 0.0)
+    if "human" not in sudden and start.get("characters") and drop > settings.max_drift_human_share_drop:
+        found.append(f"human share fell {start['human_share']:.3f} → {now['human_share']:.3f} {label}")
+    rise = (now.get("near_duplicate_rate") or 0.0) - (start.get("near_duplicate_rate") or 0.0)
+    if "near-duplicate" not in sudden and rise > settings.max_drift_near_duplicate_rise:
+        found.append(
+            f"near-duplicate rate rose {start.get('near_duplicate_rate') or 0.0:.3f} → "
+            f"{now.get('near_duplicate_rate') or 0.0:.3f} {label}: a slow flood of near copies"
+        )
+    return found
+
+
+def _rare(live: dict[str, dict[str, Any]], chunks: Mapping[str, ChunkText]) -> set[str]:
+    """The words a version's readable chunks hold at most RARE_MAX times (its tail)."""
+    texts = [chunks[h] for e in live.values() for h in (e.get("chunk_sha256") or []) if h in chunks]
+    return _tail_words(texts)
 
 
 def _words(text: str) -> list[str]:

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ingest.corpus_report import ChunkText, build_report
+from ingest.corpus_report import Baseline, ChunkText, build_report, latest_baseline
 from ingest.ledger import Ledger
 from rag.errors import InvalidInputError
 from rag.settings import Settings
@@ -32,12 +32,19 @@ PLOTTED = [
     ("near_duplicate_rate", "near-duplicate rate (chunks)"),
     ("embedding_spread", "embedding spread (mean cosine distance to centroid)"),
     ("tail_coverage", "tail coverage (rare words kept)"),
+    ("baseline_tail_kept", "baseline's rare words kept"),
     ("text_coverage", "chunks whose text the store still holds"),
 ]
 
 
-def collect(settings: Settings, *, gap_s: float = 60.0) -> dict[str, Any]:
-    """The report over every version of the ledger, with the texts and embeddings the store holds now."""
+def baseline_path(settings: Settings) -> Path:
+    """Where `--pin-baseline` keeps the reference version (its figures and rare words)."""
+    return settings.data_dir / "corpus_baseline.json"
+
+
+def collect(settings: Settings, *, gap_s: float = 60.0, pin_baseline: bool = False) -> dict[str, Any]:
+    """The report over every version of the ledger, with the texts and embeddings the store holds now, compared
+    with the pinned baseline if there is one; `pin_baseline` first pins the latest version as the baseline."""
     from rag.wiring import build_store
 
     entries = list(Ledger(settings.ledger_path).entries())
@@ -47,12 +54,22 @@ def collect(settings: Settings, *, gap_s: float = 60.0) -> dict[str, Any]:
             digest = str(chunk.metadata.get("chunk_sha256", ""))
             if digest:
                 chunks[digest] = ChunkText(chunk.text, embedding)
-    return build_report(entries, chunks, settings.corpus_report, human_floor=settings.ingest.human_floor, gap_s=gap_s)
+    cfg, floor, path = settings.corpus_report, settings.ingest.human_floor, baseline_path(settings)
+    if pin_baseline:
+        latest = latest_baseline(entries, chunks, cfg, human_floor=floor, gap_s=gap_s)
+        if latest is not None:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(latest.as_dict(), indent=1) + "\n")
+            tmp.replace(path)
+    baseline = Baseline.load(json.loads(path.read_text())) if path.exists() else None
+    return build_report(entries, chunks, cfg, human_floor=floor, gap_s=gap_s, baseline=baseline)
 
 
 def render_table(report: dict[str, Any], out: Console) -> None:
     versions = report["versions"]
-    table = Table(title=f"Corpus over {len(versions)} versions (human floor {report['human_floor']})")
+    base = report.get("baseline")
+    against = f", baseline v{base['version']}{' (pinned)' if base['pinned'] else ''}" if base else ""
+    table = Table(title=f"Corpus over {len(versions)} versions (human floor {report['human_floor']}{against})")
     table.add_column("figure")
     for v in versions:
         table.add_column(f"v{v['version']}\n{v['time'][:16]}", justify="right")
@@ -116,16 +133,26 @@ def report_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     html_path: Annotated[Path | None, typer.Option("--html", help="Also write an HTML page with plots.")] = None,
     gap_s: Annotated[float, typer.Option(help="Ledger entries closer than this (s) are one ingest run.")] = 60.0,
+    pin_baseline: Annotated[
+        bool,
+        typer.Option(
+            "--pin-baseline",
+            help="Save the latest version (figures and rare words) as the baseline later reports compare with.",
+        ),
+    ] = False,
 ) -> None:
     """Documents, human share, diversity, near duplicates, spread and tail coverage over every version.
 
-    Example: rag corpus report --html corpus.html"""
+    Each version is compared with the one before, the one `window` versions back and the baseline (the pinned
+    one, else the first version), so that slow floods and tail loss warn too.
+
+    Example: rag corpus report --pin-baseline; rag corpus report --html corpus.html"""
     if not math.isfinite(gap_s) or gap_s < 0:
         raise typer.BadParameter("must be a number of seconds, 0 or more", param_hint="--gap-s")
     if html_path is not None and (html_path.is_dir() or not html_path.parent.is_dir()):
         raise InvalidInputError(f"--html {html_path} must name a file in an existing folder.", code="invalid_output")
     settings: Settings = ctx.obj
-    report = collect(settings, gap_s=gap_s)
+    report = collect(settings, gap_s=gap_s, pin_baseline=pin_baseline)
     if html_path is not None:
         write_html(report, html_path)
     if as_json:

@@ -72,12 +72,16 @@ class LedgerKey:
 
     def sign(self, index: int, head: str) -> dict[str, Any]:
         """A DSSE envelope over {ledger head index, hash, time}."""
+        payload: dict[str, Any] = {"index": index, "hash": head, "entries": index + 1, "signed_at": utc_now()}
+        return self.sign_payload(payload, HEAD_PAYLOAD_TYPE)
+
+    def sign_payload(self, payload: dict[str, Any], payload_type: str) -> dict[str, Any]:
+        """A DSSE envelope over the canonical JSON of `payload` (a head, or another record this key pins)."""
         from securesystemslib.dsse import Envelope
         from securesystemslib.signer import CryptoSigner, SSlibKey
 
-        payload: dict[str, Any] = {"index": index, "hash": head, "entries": index + 1, "signed_at": utc_now()}
         public = SSlibKey.from_crypto(self.public(), keyid=key_id(self.public()))
-        envelope = Envelope(rfc8785.dumps(payload), HEAD_PAYLOAD_TYPE, {})
+        envelope = Envelope(rfc8785.dumps(payload), payload_type, {})
         envelope.sign(CryptoSigner(self.private(), public))
         return dict(envelope.to_dict())
 
@@ -118,6 +122,13 @@ class LedgerKey:
 
 def open_head(public: Ed25519PublicKey, signed: dict[str, Any]) -> dict[str, Any]:
     """The payload ({index, hash, ...}) of a signed head, if `public` signed it; LedgerError otherwise."""
+    return open_payload(public, signed, HEAD_PAYLOAD_TYPE, what="head", kind="ledger head")
+
+
+def open_payload(
+    public: Ed25519PublicKey, signed: dict[str, Any], payload_type: str, *, what: str, kind: str
+) -> dict[str, Any]:
+    """The payload of a DSSE envelope of `payload_type` (`kind`), if `public` signed it; LedgerError otherwise."""
     from securesystemslib.dsse import Envelope
     from securesystemslib.exceptions import VerificationError
     from securesystemslib.signer import SSlibKey
@@ -127,9 +138,9 @@ def open_head(public: Ed25519PublicKey, signed: dict[str, Any]) -> dict[str, Any
         envelope.verify([SSlibKey.from_crypto(public, keyid=key_id(public))], 1)
         payload = json.loads(envelope.payload)
     except (VerificationError, KeyError, TypeError, ValueError) as exc:
-        raise LedgerError("the head is not signed by this ledger's key") from exc
-    if envelope.payload_type != HEAD_PAYLOAD_TYPE or not isinstance(payload, dict):
-        raise LedgerError("the signed envelope is not a ledger head")
+        raise LedgerError(f"the {what} is not signed by this ledger's key") from exc
+    if envelope.payload_type != payload_type or not isinstance(payload, dict):
+        raise LedgerError(f"the signed envelope is not a {kind}")
     return payload
 
 

@@ -182,6 +182,8 @@ class Ingestor:
         started = time.perf_counter()
         report = IngestReport()
         with self._locked():
+            for check in self.decider.checks:  # e.g. the own-output registry against its pin (registry_tampered)
+                getattr(check, "before_ingest", lambda: None)()
             self.ledger.repair_torn_tail()
             live = self.ledger.live()
             report.repaired_chunks = self._reconcile(live)

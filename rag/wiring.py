@@ -109,7 +109,7 @@ def build_output_registry(settings: Settings, quotable: Quotable | None = None) 
     return OutputRegistry(
         settings.output_registry_path,
         threshold=cfg.threshold,
-        word_threshold=cfg.word_threshold,
+        word_max_changed=cfg.word_max_changed,
         word_min_words=cfg.word_min_words,
         min_words=cfg.min_words,
         quotable=quotable,

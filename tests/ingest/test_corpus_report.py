@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from ingest.corpus_report import ChunkText, build_report, versions_of
+from ingest.corpus_report import Baseline, ChunkText, build_report, latest_baseline, versions_of
 from ingest.pipeline import Ingestor
 from rag.cli import app
 from rag.settings import CorpusReportSettings, Settings
@@ -135,3 +136,67 @@ def test_cli_report_reads_the_ledger_and_store(settings: Settings, corpus: Path,
     (version,) = report["versions"]
     assert version["documents"] == 3 and version["text_coverage"] == 1.0 and version["embedding_spread"] > 0
     assert "<img" in (tmp_path / "r.html").read_text()
+
+
+def chunked_human_docs(topics: list[str], size: int = 700) -> dict[str, list[str]]:
+    """Several chunks per pydoc topic (a bigger base corpus, so one near copy moves the rate only a little)."""
+    docs = {}
+    for topic in topics:
+        text = pydoc_text(topic)
+        docs[f"{topic}.md"] = [text[i : i + size] for i in range(0, min(len(text), 4 * size), size)]
+    return docs
+
+
+BIG = ["assert", "pass", "del", "return", "global", "lambda", "while", "break", "continue", "import", "class", "for"]
+BIG += ["if", "try", "with", "raise", "yield", "nonlocal", "integers", "strings"]
+
+
+def test_a_slow_flood_of_near_copies_warns_though_no_single_version_does() -> None:
+    corpus = Corpus()
+    corpus.run(chunked_human_docs(BIG))
+    source = pydoc_text("while")[:700]
+    for step in range(6):  # one near copy per ingest run
+        words = source.split()
+        words[(7 * step + 3) % len(words)] = f"variant{step}"
+        corpus.run({f"copy{step}.md": [" ".join(words)]})
+    report = corpus.report()
+    rates = [v["near_duplicate_rate"] for v in report["versions"]]
+    steps = [b - a for a, b in itertools.pairwise(rates)]
+    assert max(steps) < CorpusReportSettings().max_near_duplicate_rise  # no version alone raises the alarm
+    assert rates[-1] - rates[0] > CorpusReportSettings().max_drift_near_duplicate_rise
+    assert not any("near-duplicate rate rose" in w and "since" not in w for w in report["warnings"])
+    flood = [w for w in report["warnings"] if "slow flood" in w]
+    assert flood and any("since the baseline (version 1" in w for w in flood), report["warnings"]
+    tight = CorpusReportSettings(window=3, max_drift_near_duplicate_rise=0.05)
+    window = build_report(corpus.entries, corpus.chunks, tight, human_floor=0.9)
+    assert any("since version 4" in w and "slow flood" in w for w in window["versions"][-1]["warnings"])
+
+
+def test_tail_loss_against_a_pinned_baseline_warns() -> None:
+    corpus = Corpus()
+    corpus.run(chunked_human_docs(BIG))
+    baseline = latest_baseline(corpus.entries, corpus.chunks, CorpusReportSettings(), human_floor=0.9)
+    assert baseline is not None and baseline.pinned and len(baseline.tail) > 500
+    removed = ("class", "try", "raise", "yield")
+    for topic in removed:  # documents lost one run at a time
+        corpus.run({}, remove=(f"{topic}.md",))
+    lost = {f"{t}.md" for t in removed}
+    gone = {h for e in corpus.entries if e.get("doc_id") in lost for h in e.get("chunk_sha256", [])}
+    held = {h: c for h, c in corpus.chunks.items() if h not in gone}  # the store no longer holds the removed texts
+    pinned = Baseline.load(json.loads(json.dumps(baseline.as_dict())))
+    report = build_report(corpus.entries, held, CorpusReportSettings(), human_floor=0.9, baseline=pinned)
+    assert report["baseline"]["pinned"] and report["baseline"]["version"] == 1
+    kept = [v["baseline_tail_kept"] for v in report["versions"]]
+    assert kept[-1] < 0.9
+    assert any("tail loss" in w for w in report["versions"][-1]["warnings"]), report["warnings"]
+    # Without the pinned baseline the lost words cannot be read back: the first version's tail is what is left.
+    unpinned = build_report(corpus.entries, held, CorpusReportSettings(), human_floor=0.9)
+    assert not any("tail loss" in w for w in unpinned["warnings"])
+
+
+def test_cli_pins_a_baseline_and_compares_with_it(settings: Settings, corpus: Path, tmp_path: Path) -> None:
+    Ingestor(settings, build_store(settings), FakeEmbedder()).ingest([corpus])
+    out = CliRunner().invoke(app, ["corpus", "report", "--json", "--pin-baseline"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["baseline"] == {**json.loads(out.output)["baseline"], "pinned": True, "version": 1}
+    assert json.loads((settings.data_dir / "corpus_baseline.json").read_text())["tail"]
