@@ -93,6 +93,8 @@ class AnswerService:
             raise InvalidInputError("`filters` must be an object of field: value.", code="invalid_filters")
         where_clause(filters)  # raises unknown_filter
         answer_mode = mode or self.settings.answer_mode
+        if mode is None and answer_mode == "extract" and self.reader is None:
+            answer_mode = "free"  # the default with a remote generator, which has no span scores to give
         if answer_mode not in ANSWER_MODES:
             raise InvalidInputError('`answer_mode` must be "extract", "free" or "quote".', code="invalid_answer_mode")
         if answer_mode == "extract" and self.reader is None:
@@ -267,7 +269,7 @@ class AnswerService:
         for support in self._check(sentences, passages, timings):
             if restates_question(support.sentence, question):
                 support = replace(support, supported=False, restates_question=True)
-            elif support.supported and degenerate(" ".join([*(s.sentence for s in kept), support.sentence])):
+            elif degenerate(" ".join([*(s.sentence for s in kept), support.sentence])):
                 support = replace(support, supported=False, reason="degenerate_answer")
             checked.append(support)
             if support.supported:
