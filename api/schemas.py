@@ -22,7 +22,9 @@ class AnswerRequest(BaseModel):
         None, description="Metadata filters: license, authors, origin, doc_id, signer_name, title."
     )
     grounded: bool | None = Field(None, description=GROUNDED)
-    answer_mode: Literal["free", "quote"] | None = Field(None, description="quote = constrained to passage text.")
+    answer_mode: Literal["extract", "free", "quote"] | None = Field(
+        None, description="extract = a verbatim span of a passage; quote = constrained to passage text."
+    )
 
 
 # Fields of OpenAI's chat API that this service accepts and ignores (it has no tools, one model, greedy
@@ -87,5 +89,5 @@ class ChatCompletionRequest(BaseModel):
     safety_identifier: Any = Field(None, description=IGNORED)
     top_k: int | None = None
     filters: dict[str, FilterValue] | None = None
-    answer_mode: Literal["free", "quote"] | None = None
+    answer_mode: Literal["extract", "free", "quote"] | None = None
     grounded: bool | None = Field(None, description=GROUNDED)
