@@ -6,7 +6,8 @@ A world like the e2e tests' (the default corpus imported, signed by a fresh cura
 watermark check and the zero-shot detector off, so that every refusal below is the registry's).
 
 Released answers (the slow part, real model, cached in `--answers`; delete the file to ask again): the ten e2e
-questions and `--pydoc` more pydoc questions in the default mode, `--pydoc-ungrounded` pydoc questions and
+questions and `--pydoc` more pydoc questions in free mode (the mode that generates text; the default, extract,
+releases verbatim spans of passages, which are never registered), `--pydoc-ungrounded` pydoc questions and
 `--squad-ungrounded` SQuAD dev questions ungrounded (free text on the very topics of the passages checked for
 false positives: the hardest case). Every call the service made to `record_output(released, passages)` is kept
 and replayed into a fresh registry with the code under test, through the service's own wiring.
@@ -85,7 +86,8 @@ def collect(settings: Any, embedder: Any, args: argparse.Namespace, squad_questi
     t0 = time.perf_counter()
     for n, (question, grounded) in enumerate(asked, start=1):
         calls.clear()
-        result = service.answer(question, grounded=grounded)
+        # Free mode: the mode that generates text (extract, the default, releases verbatim spans: never registered).
+        result = service.answer(question, grounded=grounded, mode="free" if grounded else None)
         passages: list[str] = next((c["passages"] for c in calls if c["passages"]), [])
         answers.append(
             {

@@ -179,13 +179,17 @@ class Fingerprinter:
         words inserted or deleted)."""
         if bigram_j >= self.threshold:
             return "bigrams"
-        if (
-            shared >= self.word_min_words
-            and max(distinct, other_distinct) <= WORD_SLOTS
-            and distinct + other_distinct - 2 * shared <= 2 * self.word_max_changed
-        ):
+        if self.matched_by_words(np.array([shared]), distinct, np.array([other_distinct]))[0]:
             return "words"
         return None
+
+    def matched_by_words(self, shared: np.ndarray, distinct: int, others: np.ndarray) -> np.ndarray:
+        """The word rule of `matched`, for one set against many (`shared`: words in common with each)."""
+        return (
+            (shared >= self.word_min_words)
+            & (np.maximum(others, distinct) <= WORD_SLOTS)
+            & (others + distinct - 2 * shared <= 2 * self.word_max_changed)
+        )
 
     @staticmethod
     def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
@@ -374,36 +378,33 @@ class OutputRegistry:
         bands, words_index = self._index()
         sigs = np.stack([fp.signature(norm) for _, norm in near])
         keys = fp.band_keys(sigs, fp.bands, fp.rows)
+        # Candidates: records sharing a band of the bigram MinHash (looked up for every sentence at once), or one
+        # of the rarest words any record within the word rule must share (prefix filtering: none is missed).
+        lows = np.stack([np.searchsorted(k, keys[:, b], side="left") for b, (k, _) in enumerate(bands)], axis=1)
+        highs = np.stack([np.searchsorted(k, keys[:, b], side="right") for b, (k, _) in enumerate(bands)], axis=1)
+        sets = [fp.word_set(norm) for _, norm in near]
+        by_words = words_index.candidates(sets, fp.word_min_words, fp.word_max_changed)
         records = self._records
         found = []
         for i, (sentence, norm) in enumerate(near):
-            wset, distinct = fp.word_set(norm)
-            # Candidates: records sharing a band of the bigram MinHash, or one of the rarest words that any record
-            # at the word threshold must share (prefix filtering: exact, no candidate missed up to 32 words).
-            parts = []
-            for (sorted_keys, order), key in zip(bands, keys[i], strict=True):
-                lo, hi = np.searchsorted(sorted_keys, key, side="left"), np.searchsorted(sorted_keys, key, side="right")
-                parts.append(order[lo:hi])
-            if fp.word_min_words <= distinct <= WORD_SLOTS:
-                parts.append(words_index.candidates(wset, distinct, fp.word_max_changed))
-            index = np.unique(np.concatenate(parts))
+            parts = [bands[b][1][lows[i, b] : highs[i, b]] for b in np.flatnonzero(highs[i] > lows[i])]
+            index = np.unique(np.concatenate([*parts, by_words[i]]))
             if answers_only:
                 index = index[records["kind"][index] == KIND_ANSWER]
             if not len(index):
                 continue
+            wset, distinct = sets[i]
             bigram_j = (records["sig"][index] == sigs[i]).mean(axis=1)
             distincts = records["distinct"][index].astype(np.int64)
             shared = _shared_words(records["wset"][index], wset, distinct)
             word_j = shared / np.maximum(distincts + distinct - shared, 1)
-            best: Match | None = None
-            for j in np.argsort(-np.maximum(bigram_j, word_j)):
-                how = fp.matched(float(bigram_j[j]), int(shared[j]), distinct, int(distincts[j]))
-                if how is not None:
-                    similarity = float(bigram_j[j] if how == "bigrams" else word_j[j])
-                    best = Match(sentence, int(records["time_ms"][index[j]]), similarity, how, len(norm.split()))
-                    break
-            if best is not None:
-                found.append(best)
+            by_bigrams = bigram_j >= fp.threshold
+            matched = by_bigrams | fp.matched_by_words(shared, distinct, distincts)
+            if matched.any():
+                j = int(np.argmax(np.where(matched, np.maximum(bigram_j, word_j), -1.0)))
+                how = "bigrams" if by_bigrams[j] else "words"
+                similarity = float(bigram_j[j] if how == "bigrams" else word_j[j])
+                found.append(Match(sentence, int(records["time_ms"][index[j]]), similarity, how, len(norm.split())))
         return found
 
     @property
@@ -419,7 +420,7 @@ class OutputRegistry:
         if self._bands is None:
             fp, records = self.fingerprinter, self._records
             keys = fp.band_keys(records["sig"], fp.bands, fp.rows)
-            self._bands = (_bands(keys, np.arange(len(records))), _WordIndex(records))
+            self._bands = (_bands(keys, np.arange(len(records))), _WordIndex(records, fp.word_min_words))
         return self._bands
 
     def _sync(self) -> None:
@@ -595,27 +596,35 @@ class _Quotations:
 class _WordIndex:
     """Word hash → the records whose word set holds it (sorted arrays), for prefix-filtered candidates."""
 
-    def __init__(self, records: np.ndarray) -> None:
-        # Only sets held whole (up to WORD_SLOTS words) can match by words.
-        whole = (records["distinct"] > 0) & (records["distinct"] <= WORD_SLOTS)
-        rows, cols = np.nonzero((records["wset"] != 0) & whole[:, None])
+    def __init__(self, records: np.ndarray, min_words: int) -> None:
+        # Only sets held whole (up to WORD_SLOTS words) and large enough to share min_words can match by words.
+        usable = (records["distinct"] >= max(min_words, 1)) & (records["distinct"] <= WORD_SLOTS)
+        rows, cols = np.nonzero((records["wset"] != 0) & usable[:, None])
         hashes = records["wset"][rows, cols]
         order = np.argsort(hashes, kind="stable")
         self.hashes, self.records = hashes[order], rows[order].astype(np.int64)
         self.distinct = records["distinct"].astype(np.int64)
 
-    def candidates(self, wset: np.ndarray, distinct: int, max_changed: int) -> np.ndarray:
-        """Records that can be within `max_changed` substitutions of this word set: such a record lacks at most
-        2·max_changed of its words, so it holds one of any 2·max_changed + 1 of them; the rarest are taken.
-        Records whose size rules it out are dropped."""
-        words = wset[: min(distinct, WORD_SLOTS)]
-        if not len(words) or not len(self.hashes):
-            return np.zeros(0, dtype=np.int64)
-        lo = np.searchsorted(self.hashes, words, side="left")
-        hi = np.searchsorted(self.hashes, words, side="right")
-        rarest = np.argsort(hi - lo, kind="stable")[: 2 * max_changed + 1]
-        found = np.unique(np.concatenate([self.records[lo[j] : hi[j]] for j in rarest]))
-        return found[np.abs(self.distinct[found] - distinct) <= 2 * max_changed]
+    def candidates(self, sets: list[tuple[np.ndarray, int]], min_words: int, max_changed: int) -> list[np.ndarray]:
+        """For each word set, the records that can be within `max_changed` substitutions of it: such a record lacks
+        at most 2·max_changed of its words, so it holds one of any 2·max_changed + 1 of them; the rarest are looked
+        up. Records whose size rules it out are dropped. Sets outside [min_words, WORD_SLOTS] get none."""
+        out = [np.zeros(0, dtype=np.int64) for _ in sets]
+        asked = [i for i, (_, n) in enumerate(sets) if min_words <= n <= WORD_SLOTS]
+        if not asked or not len(self.hashes):
+            return out
+        words = np.concatenate([sets[i][0][: sets[i][1]] for i in asked])
+        lows = np.searchsorted(self.hashes, words, side="left")
+        highs = np.searchsorted(self.hashes, words, side="right")
+        start = 0
+        for i in asked:
+            n = sets[i][1]
+            lo, hi = lows[start : start + n], highs[start : start + n]
+            start += n
+            rarest = np.argsort(hi - lo, kind="stable")[: 2 * max_changed + 1]
+            found = np.unique(np.concatenate([self.records[lo[j] : hi[j]] for j in rarest]))
+            out[i] = found[np.abs(self.distinct[found] - n) <= 2 * max_changed]
+        return out
 
 
 _Band = tuple[np.ndarray, np.ndarray]  # sorted keys, and the record index of each
