@@ -300,8 +300,9 @@ class AnswerService:
         timings["read_ms"] = reading.seconds * 1000
         timings["tokens"] = 0.0
         choice = choose(
-            reading.spans, reading.texts, reading.baselines, question, passages, min_gain=self.settings.min_answer_gain
-        )
+            reading.spans, reading.texts, reading.baselines, question, passages, evidence,
+            min_gain=self.settings.min_answer_gain, min_focus=self.settings.min_answer_focus,
+        )  # fmt: skip
         if choice.span is None:
             assert choice.reason is not None
             yield self._abstain(base, choice.reason, timings, started, retrieved, raw=choice.text)

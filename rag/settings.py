@@ -96,6 +96,13 @@ class AnswerSettings(BaseModel):
         "for a what-does/how/why question (local generator only; free with a remote one); free: generated text, "
         "each sentence checked; quote: decoding constrained to passage tokens. Measured in the README.",
     )
+    min_answer_focus: float = Field(
+        0.4,
+        ge=0.0,
+        le=1.0,
+        description="Extract mode abstains (does_not_answer) unless the evidence sentence its span stands in holds "
+        "this share of the question's content words (measured: README).",
+    )
     min_answer_gain: float = Field(
         1.0,
         description="Extract mode abstains (does_not_answer) unless its span is at least e^this times likelier as the "

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rag.reader.checks import asks_for_a_statement, choose, degenerate, quotation
+from rag.reader.checks import asks_for_a_statement, choose, degenerate, focus, quotation
 from rag.reader.extractive import _common_prefix, extractive_prompt, passage_regions
 from rag.reader.spans import Span, answers_something, best_spans, can_end_after, is_word_start, span_scores
 
@@ -52,18 +52,21 @@ def test_choose_skips_non_answers_and_abstains_when_the_question_adds_nothing() 
     spans = [Span(1, 0, 1, -0.5), Span(1, 2, 4, -1.0)]
     texts = ['"pass"', "a null operation"]
     question = "What does the pass statement do?"
-    chosen = choose(spans, texts, [-3.0, -4.0], question, passages, min_gain=1.0)
+    chosen = choose(spans, texts, [-3.0, -4.0], question, passages, passages, min_gain=1.0, min_focus=0.0)
     assert chosen.span == spans[1] and chosen.text == "a null operation" and chosen.reason is None
     assert math.isclose(chosen.probability, math.exp(-1.0))
     # the same span is as likely when nothing is asked: it is not an answer to this question
-    refused = choose(spans, texts, [-3.0, -1.2], question, passages, min_gain=1.0)
+    refused = choose(spans, texts, [-3.0, -1.2], question, passages, passages, min_gain=1.0, min_focus=0.0)
     assert refused.span is None and refused.reason == "does_not_answer"
-    assert choose(spans[:1], texts[:1], [-3.0], question, passages, min_gain=1.0).reason == "does_not_answer"
+    assert choose(spans[:1], texts[:1], [-3.0], question, passages, passages, min_gain=1.0, min_focus=0.0).reason == (
+        "does_not_answer"
+    )
 
 
 def test_choose_refuses_a_span_that_is_not_verbatim_in_its_passage() -> None:
+    passages = ["pass is a null op"]
     chosen = choose(
-        [Span(1, 0, 2, -0.1)], ["a nil operation"], [-5.0], "What is pass?", ["pass is a null op"], min_gain=0.0
+        [Span(1, 0, 2, -0.1)], ["a nil operation"], [-5.0], "What is pass?", passages, passages, min_gain=0, min_focus=0
     )
     assert chosen.span is None and chosen.reason == "unsupported_answer"
 
@@ -139,3 +142,14 @@ def test_a_statement_question_gets_the_whole_verbatim_sentence_a_factoid_one_the
     assert quotation("What is pass useful as?", "a placeholder", evidence, passage) == "a placeholder"
     # a sentence that is not verbatim in the passage is never released in the span's place
     assert quotation(asked, "nothing happens", "Then nothing happens here.", passage) == "nothing happens"
+
+
+def test_a_span_from_a_sentence_about_something_else_does_not_answer() -> None:
+    passages = ["Three players were chosen for the Pro Bowl. The Panthers scored 500 points that season."]
+    question = "How many Panthers players were Pro Bowl picks?"
+    spans, texts = [Span(1, 0, 1, -1.0)], ["500 points"]
+    assert focus(question, "500 points", passages[0]) == pytest.approx(1 / 6)  # panther, of 6 words asked
+    refused = choose(spans, texts, [-9.0], question, passages, passages, min_gain=1.0, min_focus=0.4)
+    assert refused.span is None and refused.reason == "does_not_answer"
+    kept = choose([Span(1, 0, 1, -1.0)], ["Three"], [-9.0], question, passages, passages, min_gain=1.0, min_focus=0.4)
+    assert kept.span is not None and focus(question, "Three", passages[0]) == pytest.approx(3 / 6)

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rag.grounding import split_sentences
+from rag.grounding import content_words, split_sentences
 from rag.reader.spans import Span, answers_something
 
 _WORD = re.compile(r"\w+")
@@ -45,8 +45,10 @@ def choose(
     baselines: Sequence[float],
     question: str,
     passages: Sequence[str],
+    evidence: Sequence[str],
     *,
     min_gain: float,
+    min_focus: float,
     gain_weight: float = 1.0,
 ) -> Choice:
     """The span that best answers *this* question, verbatim in its passage, or why there is none.
@@ -54,9 +56,12 @@ def choose(
     Spans made only of the question's words (or of stop words) answer nothing and are skipped. The rest
     are ranked by log P(span | question) + `gain_weight` x gain, where gain = log P(span | question) -
     log P(span | a question that asks nothing): a span the reader would pick whatever was asked (a
-    heading, the name the passage is about) is worth less than one the question calls for. The chosen
-    span must have a gain of at least `min_gain` (natural log), else the service abstains with
-    `does_not_answer`."""
+    heading, the name the passage is about) is worth less than one the question calls for. The best
+    one is released only if (else `does_not_answer`):
+    - its gain is at least `min_gain` (natural log), and
+    - the evidence sentence it stands in holds at least `min_focus` of the question's content words: a
+      span from a sentence about something else answers another question (most answers given when the
+      evidence was withheld from the store were of that kind)."""
     ranked = sorted(
         (
             (span.logprob + gain_weight * (span.logprob - baseline), span, text, baseline)
@@ -71,9 +76,16 @@ def choose(
     if not _verbatim(text, passages[span.passage - 1]):
         return Choice(None, text, "unsupported_answer", 0.0, 0.0)
     gain = span.logprob - baseline
-    if gain < min_gain:
+    if gain < min_gain or focus(question, text, evidence[span.passage - 1]) < min_focus:
         return Choice(None, text, "does_not_answer", math.exp(span.logprob), gain)
     return Choice(span, text, None, math.exp(span.logprob), gain)
+
+
+def focus(question: str, span: str, evidence: str) -> float:
+    """Share of the question's content words in the evidence sentence the span stands in (0 if none)."""
+    asked = set(content_words(question))
+    sentence = next((s for s in split_sentences(evidence) if span in s), "")
+    return len(asked & set(content_words(sentence))) / len(asked) if asked else 0.0
 
 
 # "What does X do?", "How does X work?", "Why ...?": the answer is a statement, not a name or a number.
