@@ -166,6 +166,11 @@ class LocalGenerator:
             except Exception as exc:
                 raise GeneratorError(f"Could not load {self.spec.name}: {exc}.") from exc
 
+    def torch_model(self) -> tuple[Any, Any]:
+        """The torch causal LM and its tokenizer (the extractive reader scores spans with its forward pass)."""
+        self.warm_up()
+        return self._model, self._tokenizer
+
     def stream(
         self,
         question: str,
