@@ -2,24 +2,37 @@
 tokens/s and server RSS, side by side with the LangChain peer in the same run.
 
     python bench/answer.py [--dataset ../shared/data/squad_dev_v1.1.json] [--questions 40] [--no-peer]
+                           [--runtime openvino|torch]
+    python bench/answer.py --compare-runtimes [--squad-prompts 100] [--rounds 2] [--variants torch,openvino]
 
 Ours: the SQuAD passages are signed and ingested through the real path; `rag serve` runs as a
 subprocess on that store and answers `POST /v1/answer` (hybrid retrieval, Gemma 3 270M, watermark,
 groundedness check). The peer (`../shared/bench/langchain_baseline.py`, SmolLM2, dense top-3, no
 checks) answers the same seeded sample. The last line printed is one JSON object with every figure.
+
+`--compare-runtimes` measures the generator alone on its runtimes (`RAG_GENERATOR__RUNTIME`), each in a
+fresh process, alternating over `--rounds` rounds (medians): load time (and the OpenVINO export's first
+build, once), decode tokens/s (64 tokens forced, watermark on), answer time and RSS, and agreement with
+the first variant: the share of identical greedy answers on the 10 end-to-end questions of
+tests/e2e/test_real_answering.py (given the cited topic's first 1,200 characters; free mode unless the test
+names one)
+and on `--squad-prompts` SQuAD dev questions (seed 0, gold passage, free mode), with F1 against gold.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -39,7 +52,7 @@ def run_peer(dataset: Path, limit: int) -> dict[str, float]:
         text=True,
         check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def retrieval_latency(retriever: object, questions: list[str]) -> list[float]:
@@ -90,6 +103,222 @@ def serve(settings_env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     )
 
 
+# --- the generator's two runtimes ------------------------------------------------------------------
+
+DECODE_TOKENS = 64
+
+
+def e2e_prompts() -> list[dict[str, Any]]:
+    """The in-scope questions of the end-to-end test, each with the first chunk of the topic it must cite."""
+    from pydoc_data.topics import topics
+
+    source = (REPO / "tests" / "e2e" / "test_real_answering.py").read_text()
+    table = next(
+        node.value
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "IN_SCOPE" for t in node.targets)
+    )
+    prompts = []
+    for question, *middle, doc_id in ast.literal_eval(table):
+        # (question, facts, doc) or (question, mode, facts, doc); facts and docs: alternatives joined by |
+        mode = middle[0] if len(middle) == 2 else "free"
+        topic = doc_id.split("|")[0].removesuffix(".md")
+        passages = [topics[topic][:1200]]
+        prompts.append(
+            {"set": "e2e", "question": question, "mode": mode, "gold": middle[-1].split("|"), "passages": passages}
+        )
+    return prompts
+
+
+def squad_prompts(dataset: Path, count: int) -> list[dict[str, Any]]:
+    from rag.evaluation.squad import SquadData
+
+    data = SquadData.load(dataset)
+    return [
+        {
+            "set": "squad",
+            "question": q.question,
+            "mode": "free",
+            "gold": q.answers,
+            "passages": [data.passages[q.passage]],
+        }
+        for q in random.Random(0).sample(data.questions, count)
+    ]
+
+
+def variant_settings(variant: str) -> dict[str, str]:
+    """`torch[:quantize]` or `openvino[:weights]` as generator settings."""
+    runtime, _, option = variant.partition(":")
+    if runtime not in ("torch", "openvino"):
+        raise SystemExit(f"unknown runtime in {variant!r}")
+    update = {"runtime": runtime}
+    if option:
+        update["quantize" if runtime == "torch" else "openvino_weights"] = option
+    return update
+
+
+def runtime_worker(variant: str, prompts_path: Path, out_path: Path) -> None:
+    """One variant in this process: load, decode speed, every prompt's answer, RSS. Writes one JSON file."""
+    import resource
+
+    import psutil
+    import torch
+
+    from rag.generation import LocalGenerator, build_prompt, watermarking_config
+    from rag.settings import Settings
+
+    settings = Settings()
+    config = settings.generator.model_copy(update=variant_settings(variant))
+    generator = LocalGenerator(config.model, config, settings.watermark, settings.model_cache_dir)
+    started = time.perf_counter()
+    generator.warm_up()
+    figures: dict[str, Any] = {"variant": variant, "model_id": generator.model_id}
+    figures["load_s"] = round(time.perf_counter() - started, 2)
+    figures["rss_loaded_mb"] = round(psutil.Process().memory_info().rss / 2**20, 1)
+
+    prompts = json.loads(prompts_path.read_text())
+    # Decode speed: a fixed number of new tokens (no stop), watermark on, minus the one-token run's time.
+    sample = prompts[-1]
+    ids = generator.tokenizer(build_prompt(sample["question"], sample["passages"]), return_tensors="pt")["input_ids"]
+    model = generator._driver  # what `stream` drives: the torch model or the OpenVINO one
+
+    def timed(tokens: int) -> float:
+        begin = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(
+                input_ids=ids,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=0,
+                watermarking_config=watermarking_config(settings.watermark),
+            )
+        return time.perf_counter() - begin
+
+    rates, prefills = [], []
+    for _ in range(3):
+        first = timed(1)
+        prefills.append(first)
+        rates.append(DECODE_TOKENS / (timed(DECODE_TOKENS + 1) - first))
+    figures["decode_tokens_per_s"] = round(statistics.median(rates), 2)
+    figures["decode_runs"] = [round(r, 2) for r in rates]
+    figures["prefill_s"] = round(statistics.median(prefills), 3)
+    figures["prompt_tokens"] = int(ids.shape[1])
+
+    answers, seconds, tokens = [], [], 0
+    for item in prompts:
+        result = generator.generate(item["question"], item["passages"], mode=item["mode"])
+        answers.append(result.text)
+        seconds.append(result.seconds)
+        tokens += result.tokens
+    figures.update(
+        answers=answers,
+        answer_p50_s=round(statistics.median(seconds), 3),
+        answer_tokens_per_s=round(tokens / sum(seconds), 2),
+        rss_mb=round(psutil.Process().memory_info().rss / 2**20, 1),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    )
+    out_path.write_text(json.dumps(figures))
+
+
+def build_worker(weights: str, out_path: Path) -> None:
+    """Time the OpenVINO export into a scratch folder (what a machine's first start pays once)."""
+    from rag import ov_generation
+    from rag.settings import Settings
+
+    settings = Settings()
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        model, cache_root = settings.generator.model, settings.model_cache_dir
+        ov_generation.saved_model(model, cache_root, weights, folder=Path(tmp))  # type: ignore[arg-type]
+        out_path.write_text(json.dumps({"first_build_s": round(time.perf_counter() - started, 1)}))
+
+
+def compare_runtimes(args: argparse.Namespace) -> None:
+    """Each variant in fresh processes, alternating over the rounds; agreement against the first variant."""
+    from rag.evaluation.metrics import best_over_gold, token_f1
+
+    variants = args.variants.split(",")
+    reference = variants[0]
+    prompts = e2e_prompts() + squad_prompts(args.dataset, args.squad_prompts)
+    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
+    figures: dict[str, Any] = {"rounds": args.rounds, "prompts": len(prompts), "reference": reference}
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts_path = Path(tmp) / "prompts.json"
+        prompts_path.write_text(json.dumps(prompts))
+        for variant in variants:
+            if variant.startswith("openvino") and not args.no_build:
+                weights = variant_settings(variant).get("openvino_weights", "int8")
+                out = Path(tmp) / "build.json"
+                subprocess.run([sys.executable, __file__, "--build-worker", weights, "--out", str(out)], check=True)
+                figures[f"{variant}_first_build_s"] = json.loads(out.read_text())["first_build_s"]
+                print(f"{variant}: first build {figures[f'{variant}_first_build_s']} s", flush=True)
+        for round_ in range(args.rounds):
+            for variant in variants if round_ % 2 == 0 else variants[::-1]:
+                out = Path(tmp) / f"{variant}-{round_}.json"
+                command = [sys.executable, __file__, "--runtime-worker", variant, "--prompts", str(prompts_path)]
+                subprocess.run([*command, "--out", str(out)], check=True)
+                run = json.loads(out.read_text())
+                run["load_average"] = round(os.getloadavg()[0], 2)
+                runs[variant].append(run)
+                print(
+                    f"round {round_ + 1} {variant}: load {run['load_s']} s, decode {run['decode_tokens_per_s']} tok/s "
+                    f"{run['decode_runs']}, answer p50 {run['answer_p50_s']} s, RSS {run['rss_mb']} MB "
+                    f"(host load average {run['load_average']})",
+                    flush=True,
+                )
+
+    members = {part: [i for i, item in enumerate(prompts) if item["set"] == part] for part in ("e2e", "squad")}
+    for variant, done in runs.items():
+        for key in ("load_s", "decode_tokens_per_s", "prefill_s", "answer_p50_s", "answer_tokens_per_s", "rss_mb"):
+            figures[f"{variant}_{key}"] = round(statistics.median(float(run[key]) for run in done), 3)
+        figures[f"{variant}_peak_rss_mb"] = max(run["peak_rss_mb"] for run in done)
+        figures[f"{variant}_model_id"] = done[0]["model_id"]
+        # Greedy decoding is deterministic: every round of a variant must give the same answers.
+        figures[f"{variant}_rounds_agree"] = all(run["answers"] == done[0]["answers"] for run in done)
+        answers, expected = done[0]["answers"], runs[reference][0]["answers"]
+        hits = sum(any(fact.lower() in answers[i].lower() for fact in prompts[i]["gold"]) for i in members["e2e"])
+        figures[f"{variant}_e2e_facts"] = f"{hits}/{len(members['e2e'])}"  # the fact the e2e test wants
+        f1 = [best_over_gold(token_f1, answers[i], prompts[i]["gold"]) for i in members["squad"]]
+        figures[f"{variant}_squad_f1"] = round(sum(f1) / len(f1), 4)
+        if variant == reference:
+            continue
+        for part, rows in members.items():
+            same = sum(answers[i] == expected[i] for i in rows)
+            figures[f"{variant}_agreement_{part}"] = f"{same}/{len(rows)}"
+        figures[f"{variant}_decode_speedup"] = round(
+            figures[f"{variant}_decode_tokens_per_s"] / figures[f"{reference}_decode_tokens_per_s"], 2
+        )
+        figures[f"{variant}_f1_difference"] = round(
+            figures[f"{variant}_squad_f1"] - figures[f"{reference}_squad_f1"], 4
+        )
+        figures[f"{variant}_differing"] = [
+            {"question": prompts[i]["question"], reference: expected[i], variant: answers[i]}
+            for i in range(len(prompts))
+            if answers[i] != expected[i]
+        ]
+    table = [
+        ("load, s", "load_s"),
+        ("decode tokens/s", "decode_tokens_per_s"),
+        ("prefill, s", "prefill_s"),
+        ("answer p50, s", "answer_p50_s"),
+        ("answer tokens/s", "answer_tokens_per_s"),
+        ("RSS after answers, MB", "rss_mb"),
+        ("peak RSS, MB", "peak_rss_mb"),
+        ("SQuAD F1", "squad_f1"),
+        ("e2e facts", "e2e_facts"),
+        ("same answers, e2e", "agreement_e2e"),
+        ("same answers, SQuAD", "agreement_squad"),
+        ("decode speed-up", "decode_speedup"),
+    ]
+    print(f"{'figure':<24}" + "".join(f"{variant:>16}" for variant in variants))
+    for label, key in table:
+        print(f"{label:<24}" + "".join(f"{figures.get(f'{variant}_{key}', '-')!s:>16}" for variant in variants))
+    if args.save:
+        args.save.write_text(json.dumps({"figures": figures, "prompts": prompts, "runs": runs}, indent=1))
+    print(json.dumps(figures))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, default=SHARED / "data" / "squad_dev_v1.1.json")
@@ -97,13 +326,34 @@ def main() -> None:
     parser.add_argument("--retrieval-questions", type=int, default=300)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--runtime", choices=["openvino", "torch"], help="The served generator's runtime.")
+    parser.add_argument("--compare-runtimes", action="store_true", help="Measure the generator on both runtimes.")
+    parser.add_argument("--squad-prompts", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--variants",
+        default="torch,openvino",
+        help="Comma-separated runtime[:option] (torch:QUANTIZE, openvino:WEIGHTS); the first is the reference.",
+    )
+    parser.add_argument("--no-build", action="store_true", help="Skip timing the OpenVINO export.")
+    parser.add_argument("--save", type=Path, help="Write every answer and figure of the comparison to this file.")
+    parser.add_argument("--runtime-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--build-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--prompts", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.runtime_worker:
+        return runtime_worker(args.runtime_worker, args.prompts, args.out)
+    if args.build_worker:
+        return build_worker(args.build_worker, args.out)
+    if args.compare_runtimes:
+        return compare_runtimes(args)
 
     import httpx
     import psutil
 
-    from rag.evaluation.run import percentile
     from rag.evaluation.squad import SquadData, write_signed_passages
+    from rag.evaluation.summary import percentile
     from rag.settings import Settings
     from rag.wiring import build_embedder, build_ingestor, build_retriever, build_store
 
@@ -137,6 +387,9 @@ def main() -> None:
         del scaled, retriever, embedder
 
         env = {"RAG_DATA_DIR": str(settings.data_dir), "RAG_TRUST_PATH": str(trust)}
+        if args.runtime:
+            env["RAG_GENERATOR__RUNTIME"] = args.runtime
+            figures["runtime"] = args.runtime
         server = serve(env, args.port)
         try:
             url = f"http://127.0.0.1:{args.port}"

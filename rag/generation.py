@@ -130,14 +130,31 @@ class LocalGenerator:
         self.settings = settings
         self.watermark = watermark
         self.cache_root = cache_root
-        self._model: Any = None
+        self._driver: Any = None  # the model `generate()` runs on: the torch model, or the OpenVINO one
+        self._torch: Any = None  # the torch model (`_model`)
         self._tokenizer: Any = None
         self._lock = threading.Lock()
 
     @property
     def model_id(self) -> str:
+        if self.settings.runtime == "openvino":
+            return f"{self.spec.name} ({self.spec.description}, OpenVINO {self.settings.openvino_weights} weights)"
         weights = "" if self.settings.quantize == "none" else f", {self.settings.quantize}"
         return f"{self.spec.name} ({self.spec.description}, transformers gguf_file{weights})"
+
+    @property
+    def _model(self) -> Any:
+        """The torch model. With the OpenVINO runtime it loads on first use: the detector and the extractive reader
+        run its forward pass over whole texts, which the OpenVINO model (last position's logits only) does not."""
+        if self._torch is None and self._driver is not None:
+            with self._lock:
+                if self._torch is None:
+                    self._torch = self._load_torch()
+        return self._torch
+
+    @_model.setter
+    def _model(self, model: Any) -> None:
+        self._torch = model
 
     @property
     def tokenizer(self) -> Any:
@@ -146,28 +163,45 @@ class LocalGenerator:
 
     def warm_up(self) -> None:
         with self._lock:
-            if self._model is not None:
+            if self._driver is not None:
                 return
-            import torch
-
-            from rag.models import load_model
-
-            if self.settings.threads:
-                torch.set_num_threads(self.settings.threads)
+            if self._torch is not None:  # a model handed over directly (tests) generates, whatever the runtime
+                self._driver = self._torch
+                return
             try:
-                tied = self.settings.quantize == "compact-table"
-                self._model, self._tokenizer = load_model(self.spec.name, self.cache_root, in_memory=tied)
-                if self.settings.quantize == "int8-head":
-                    self._model.lm_head = _int8_linear(self._model.lm_head)
-                elif tied:
-                    _compact_token_table(self._model)
+                if self.settings.runtime == "openvino":
+                    from rag import ov_generation
+
+                    self._driver, self._tokenizer = ov_generation.load(
+                        self.spec.name, self.cache_root, self.settings.openvino_weights, threads=self.settings.threads
+                    )
+                else:
+                    self._driver = self._torch = self._load_torch()
             except BackendUnavailableError:
                 raise
             except Exception as exc:
                 raise GeneratorError(f"Could not load {self.spec.name}: {exc}.") from exc
 
+    def _load_torch(self) -> Any:
+        import torch
+
+        from rag.models import load_model
+
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        tied = self.settings.quantize == "compact-table"
+        model, tokenizer = load_model(self.spec.name, self.cache_root, in_memory=tied)
+        if self.settings.quantize == "int8-head":
+            model.lm_head = _int8_linear(model.lm_head)
+        elif tied:
+            _compact_token_table(model)
+        self._tokenizer = self._tokenizer or tokenizer
+        return model
+
     def torch_model(self) -> tuple[Any, Any]:
-        """The torch causal LM and its tokenizer (the extractive reader scores spans with its forward pass)."""
+        """The torch causal LM and its tokenizer (the extractive reader scores spans with its forward pass).
+
+        With the torch runtime it is the model that generates; with OpenVINO it loads on the first call."""
         self.warm_up()
         return self._model, self._tokenizer
 
@@ -290,7 +324,7 @@ class LocalGenerator:
         def run() -> None:
             try:
                 with torch.inference_mode():
-                    result = self._model.generate(**kwargs)
+                    result = self._driver.generate(**kwargs)
                 out["new_tokens"] = int(result.shape[1] - input_ids.shape[1])
                 if out["new_tokens"]:
                     chosen.finish(int(result[0, -1]))
