@@ -311,10 +311,20 @@ class AnswerService:
         text = quotation(question, choice.text, evidence[n - 1], passages[n - 1])
         support = SentenceSupport(text, n, 1.0, 1.0, 1.0, supported=True, reason=None)  # verbatim: `choose`
         citation = _citation(n, hits[n - 1])
+        human = citation.origin == "human"
         label = {
             **base["label"],
+            # A quotation of a human-signed source is human text; one of a `human-edited-ai` source is not.
+            "ai_generated": not human,
+            "source_origin": citation.origin,
             "quotation": {"passage": n, "chunk_sha256": citation.chunk_sha256, "text": text, "span": choice.text},
         }
+        if not human:  # signed as partly machine-written: such a quotation must never come back in as `human`
+            label["notice"] = (
+                f"A verbatim quotation of the cited source, which its curator signed as {citation.origin!r}; "
+                "chosen by a model. Do not sign or ingest it as human-written."
+            )
+            self.record_output([text], [])  # registered like our own output (no passage excuses it)
         marked = _with_marker(support, first=True)
         yield Delta(marked)
         timings["total_ms"] = (time.perf_counter() - started) * 1000
@@ -367,8 +377,8 @@ class AnswerService:
                 "grounded": True,
                 "answer_mode": mode,
                 "corpus_ledger_head": self.ledger_head(),
-                "notice": "A verbatim quotation of the cited signed source, chosen by a model; the citation marks "
-                "are ours. Cite the source, not this answer.",
+                "notice": "A verbatim quotation of the cited human-signed source, chosen by a model; the citation "
+                "marks are ours. Cite the source, not this answer.",
             }
         return {
             "ai_generated": True,

@@ -74,7 +74,8 @@ def test_choose_refuses_a_span_that_is_not_verbatim_in_its_passage() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "raise expression1, expression2, assert expression1, assert expression2, assert expression1, ...",
+        "raise expression1, expression2, assert expression1, assert expression2, assert expression1, assert "
+        "expression2, assert expression1, assert expression2",
         "the the the the the the the the the the the the",
         "yes and no and yes and no and yes and no and yes and no",
     ],

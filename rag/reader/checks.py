@@ -20,14 +20,24 @@ from rag.reader.spans import Span, answers_something
 _WORD = re.compile(r"\w+")
 
 
-def degenerate(text: str, *, n: int = 3, max_repeats: int = 2, min_distinct: float = 0.5) -> bool:
-    """True when some `n` consecutive words occur more than `max_repeats` times, or when a text of 8
-    or more words uses fewer than `min_distinct` distinct words per word (run-on lists of the same words)."""
-    words = [w.lower() for w in _WORD.findall(text)]
-    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-    if grams and max(grams.values()) > max_repeats:
-        return True
-    return len(words) >= 8 and len(set(words)) / len(words) < min_distinct
+def degenerate(text: str, *, n: int = 4, max_repeats: int = 2, min_distinct: float = 0.4) -> bool:
+    """True when the text loops: inside one sentence some `n` consecutive words occur more than
+    `max_repeats` times or, in a sentence of 30 or more words, fewer than `min_distinct` of its words are
+    distinct (a run-on list); or a sentence repeats an earlier one (the same content words). Phrases
+    shared by different sentences ("the value of an object") are ordinary prose, not a loop."""
+    seen: set[tuple[str, ...]] = set()
+    for sentence in split_sentences(text):
+        words = [w.lower() for w in _WORD.findall(sentence)]
+        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        if grams and max(grams.values()) > max_repeats:
+            return True
+        if len(words) >= 30 and len(set(words)) / len(words) < min_distinct:
+            return True
+        key = tuple(content_words(sentence))
+        if key and key in seen:
+            return True
+        seen.add(key)
+    return False
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,7 @@ def choose(
         (
             (span.logprob + gain_weight * (span.logprob - baseline), span, text, baseline)
             for span, text, baseline in zip(spans, texts, baselines, strict=True)
-            if answers_something(text, question)
+            if answers_something(text, question) and not _MARK.search(text)  # no "[n]" that reads as a citation
         ),
         key=lambda item: -item[0],
     )
@@ -84,10 +94,12 @@ def choose(
 def focus(question: str, span: str, evidence: str) -> float:
     """Share of the question's content words in the evidence sentence the span stands in (0 if none)."""
     asked = set(content_words(question))
-    sentence = next((s for s in split_sentences(evidence) if span in s), "")
+    sentence = next((s for s in split_sentences(evidence) if _occurs(span, s)), "")
     return len(asked & set(content_words(sentence))) / len(asked) if asked else 0.0
 
 
+_FOOTNOTE = re.compile(r"^\[\d+\]\s*")
+_MARK = re.compile(r"\[\d+\]")
 # "What does X do?", "How does X work?", "Why ...?": the answer is a statement, not a name or a number.
 _DESCRIPTIVE = re.compile(
     r"^\s*(?:what\s+(?:does|do|did)\b.*\b(?:do|does|mean|happen)\b|what\s+happens\b|"
@@ -107,12 +119,18 @@ def quotation(question: str, span: str, evidence: str, passage: str) -> str:
     in the passage (else the span)."""
     if not asks_for_a_statement(question):
         return span
-    for sentence in split_sentences(evidence):
-        if span in sentence and _verbatim(sentence, passage):
-            return sentence
+    for sentence in split_sentences(" ".join(evidence.split())):
+        if _occurs(span, sentence) and _verbatim(sentence, passage):
+            return _FOOTNOTE.sub("", sentence)  # a leading footnote mark "[3]" would read as a citation
     return span
 
 
 def _verbatim(text: str, passage: str) -> bool:
-    """The span reads, word for word, in the passage (whitespace aside)."""
-    return bool(text) and " ".join(text.split()) in " ".join(passage.split())
+    """The text reads, word for word, in the passage (whitespace aside), not cut inside a word or number."""
+    return bool(text) and _occurs(" ".join(text.split()), " ".join(passage.split()))
+
+
+def _occurs(text: str, within: str) -> bool:
+    """`text` occurs in `within` at word boundaries: "version 3" does not occur in "version 3.2"."""
+    edge = r"(?![\w]|['’.,-]\w)"
+    return re.search(r"(?<![\w'’.,-])" + re.escape(text) + edge, within) is not None if text else False

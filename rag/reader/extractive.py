@@ -60,7 +60,9 @@ class ExtractiveReader:
         ids: list[int] = encoded["input_ids"][0].tolist()
         neutral_ids: list[int] = tokenizer(neutral, return_tensors="pt")["input_ids"][0].tolist()
         regions = passage_regions(prompt, encoded["offset_mapping"][0].tolist(), passages)
-        pieces = [_readable(piece) for piece in tokenizer.convert_ids_to_tokens(ids)]
+        raw_pieces = tokenizer.convert_ids_to_tokens(ids)
+        byte_level = not any("▁" in piece for piece in raw_pieces)  # SentencePiece marks word starts with ▁
+        pieces = [_readable(piece, byte_level=byte_level) for piece in raw_pieces]
         stop_ids = self._stops(tokenizer)
         shared = _common_prefix(ids, neutral_ids) - 1  # at least the last token is fed per question
         with self._lock, torch.inference_mode():
@@ -148,7 +150,11 @@ class ExtractiveReader:
             steps = logp[torch.arange(len(row) - 1), following].tolist()
             stop = logp[:, stops].logsumexp(-1).tolist()
             ends = [
-                can_end_after(pieces[start + j], pieces[start + j + 1] if start + j + 1 < region_end else None)
+                can_end_after(
+                    pieces[start + j],
+                    pieces[start + j + 1] if start + j + 1 < region_end else None,
+                    pieces[start + j + 2] if start + j + 2 < region_end else None,
+                )
                 for j in range(len(row))
             ]
             for length, score in span_scores(float(first[row[0]]), steps, stop, ends):
@@ -205,11 +211,14 @@ def passage_regions(
     return regions
 
 
-def _readable(piece: str) -> str:
-    """A token as text: SentencePiece's ▁ and byte-level BPE's Ġ are spaces; byte tokens are opaque."""
+def _readable(piece: str, *, byte_level: bool = False) -> str:
+    """A token as text: SentencePiece's ▁ is a space; in byte-level BPE (SmolLM2) Ġ is a space and Ċ a
+    newline (in SentencePiece they are letters, Maltese among others); byte tokens are opaque."""
     if piece.startswith("<0x") and piece.endswith(">"):
         return "\0"
-    return piece.replace("▁", " ").replace("Ġ", " ").replace("Ċ", "\n")
+    if byte_level:
+        return piece.replace("Ġ", " ").replace("Ċ", "\n")
+    return piece.replace("▁", " ")
 
 
 def _choose_starts(

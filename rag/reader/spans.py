@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from rag.grounding import content_words
 
 _CLOSERS = frozenset(")]\"'”’")
+_JOINERS = frozenset(".,'’-")  # inside a number, a contraction or a hyphenated word when a letter or digit follows
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,26 @@ def is_word_start(piece: str) -> bool:
     return piece[:1] == " " and any(ch.isalnum() or ch in "\"'“‘(" for ch in piece[1:2])
 
 
-def can_end_after(piece: str, following: str | None) -> bool:
+def can_end_after(piece: str, following: str | None, after: str | None = None) -> bool:
     """A span may end after `piece` if the word is complete there and the span does not end on a
-    separator (a trailing comma, colon or opening bracket is never part of an answer)."""
+    separator (a trailing comma, colon or opening bracket is never part of an answer).
+
+    A word goes on when the next piece starts with a letter or digit, and also across `.`, `,`, `'`, `’`
+    or `-` followed directly (`after`, the piece after that) by one: "3" before ".2", "can" before "'t",
+    "1" before ",000" and "non" before "-negative" are not ends."""
     if not piece.strip():
         return False
     last = piece.rstrip()[-1]
     if not (last.isalnum() or last in _CLOSERS or last == "%"):
         return False
-    return following is None or not following[:1].isalnum()
+    if following is None:
+        return True
+    if following[:1].isalnum():
+        return False
+    if following[:1] in _JOINERS:
+        rest = following[1:] or (after or "")
+        return not rest[:1].isalnum()
+    return True
 
 
 def span_scores(
