@@ -61,7 +61,7 @@ def test_a_statement_question_gets_the_verbatim_sentence_labelled_as_a_quotation
     reader = FakeReader([("pass", -0.5, -0.6), ("nothing happens", -1.0, -6.0)])
     service, recorded = service_with(lenient, store, reader, FakeGenerator("never called"))
     result = service.answer("What does the pass statement do when it is executed?")
-    assert not result.abstained and result.answer_mode == "extract"
+    assert not result.abstained and result.answer_mode == "extract", result.reason
     assert "nothing happens" in result.answer and result.answer.endswith("].")
     (citation,) = result.citations
     assert citation.doc_id == "pass.md"

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from rag.reader.checks import asks_for_a_statement, choose, degenerate, focus, quotation
+from rag.reader.checks import asks_for_a_statement, choose, degenerate, focus, quotation, read_sentence
+from rag.reader.evidence import prose_sentences, select_prose_evidence
 from rag.reader.extractive import _common_prefix, extractive_prompt, passage_regions
 from rag.reader.spans import Span, answers_something, best_spans, can_end_after, is_word_start, span_scores
 
@@ -149,8 +150,39 @@ def test_a_span_from_a_sentence_about_something_else_does_not_answer() -> None:
     passages = ["Three players were chosen for the Pro Bowl. The Panthers scored 500 points that season."]
     question = "How many Panthers players were Pro Bowl picks?"
     spans, texts = [Span(1, 0, 1, -1.0)], ["500 points"]
-    assert focus(question, "500 points", passages[0]) == pytest.approx(1 / 6)  # panther, of 6 words asked
+    read = read_sentence("500 points", passages[0], passages[0])
+    assert focus(question, read) == pytest.approx(1 / 6)  # panther, of 6 words asked
     refused = choose(spans, texts, [-9.0], question, passages, passages, min_gain=1.0, min_focus=0.4)
     assert refused.span is None and refused.reason == "does_not_answer"
     kept = choose([Span(1, 0, 1, -1.0)], ["Three"], [-9.0], question, passages, passages, min_gain=1.0, min_focus=0.4)
-    assert kept.span is not None and focus(question, "Three", passages[0]) == pytest.approx(3 / 6)
+    assert kept.span is not None
+    assert focus(question, read_sentence("Three", passages[0], passages[0])) == pytest.approx(3 / 6)
+
+
+DOC_CHUNK = """# The "global" statement
+
+   global_stmt ::= "global" identifier ("," identifier)*
+
+The "global" statement is a declaration which holds for the entire
+current code block.  It means that the listed identifiers are to be
+interpreted as globals.
+
+   def f():
+       global x
+"""
+
+
+def test_evidence_is_prose_headings_and_indented_blocks_left_out() -> None:
+    assert prose_sentences(DOC_CHUNK) == [
+        'The "global" statement is a declaration which holds for the entire current code block.',
+        "It means that the listed identifiers are to be interpreted as globals.",
+    ]
+    assert prose_sentences("One paragraph. Two sentences.") == ["One paragraph.", "Two sentences."]
+
+
+def test_prose_evidence_keeps_passage_numbers_and_picks_the_overlapping_sentences() -> None:
+    evidence = select_prose_evidence(
+        "What does the global statement declare?", [DOC_CHUNK, "Unrelated text here.", "A global note."], 2
+    )
+    assert evidence[0].startswith('The "global" statement is a declaration') and "global_stmt" not in evidence[0]
+    assert evidence[1] == "" and len(evidence) == 3

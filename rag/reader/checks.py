@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag.grounding import content_words, split_sentences
+from rag.reader.evidence import prose_sentences
 from rag.reader.spans import Span, answers_something
 
 _WORD = re.compile(r"\w+")
@@ -86,16 +87,26 @@ def choose(
     if not _verbatim(text, passages[span.passage - 1]):
         return Choice(None, text, "unsupported_answer", 0.0, 0.0)
     gain = span.logprob - baseline
-    if gain < min_gain or focus(question, text, evidence[span.passage - 1]) < min_focus:
+    read = read_sentence(text, evidence[span.passage - 1], passages[span.passage - 1])
+    if gain < min_gain or focus(question, read) < min_focus:
         return Choice(None, text, "does_not_answer", math.exp(span.logprob), gain)
     return Choice(span, text, None, math.exp(span.logprob), gain)
 
 
-def focus(question: str, span: str, evidence: str) -> float:
-    """Share of the question's content words in the evidence sentence the span stands in (0 if none)."""
+def focus(question: str, sentence: str) -> float:
+    """Share of the question's content words in the sentence the span was read from (0 without one)."""
     asked = set(content_words(question))
-    sentence = next((s for s in split_sentences(evidence) if _occurs(span, s)), "")
     return len(asked & set(content_words(sentence))) / len(asked) if asked else 0.0
+
+
+def read_sentence(span: str, evidence: str, passage: str) -> str:
+    """The prose sentence of the passage the span was read from: it holds the span at word boundaries and
+    was part of the evidence the reader saw; "" when there is none."""
+    shown = " ".join(evidence.split())
+    for sentence in prose_sentences(passage):
+        if _occurs(span, sentence) and _occurs(sentence, shown) and _verbatim(sentence, passage):
+            return sentence
+    return ""
 
 
 _FOOTNOTE = re.compile(r"^\[\d+\]\s*")
@@ -119,10 +130,8 @@ def quotation(question: str, span: str, evidence: str, passage: str) -> str:
     in the passage (else the span)."""
     if not asks_for_a_statement(question):
         return span
-    for sentence in split_sentences(" ".join(evidence.split())):
-        if _occurs(span, sentence) and _verbatim(sentence, passage):
-            return _FOOTNOTE.sub("", sentence)  # a leading footnote mark "[3]" would read as a citation
-    return span
+    sentence = read_sentence(span, evidence, passage)
+    return _FOOTNOTE.sub("", sentence) if sentence else span  # a leading footnote "[3]" would read as a citation
 
 
 def _verbatim(text: str, passage: str) -> bool:
