@@ -5,7 +5,7 @@
 
 The store is the one `rag eval --limit L --seed S` builds (the same withheld passages), under `--out`/store.
 Each of the first `--questions` questions of the sample (in the eval's order) is read once with the
-default settings (retrieval, prose evidence, span scores and their neutral-question baselines) and cached
+default settings (retrieval, evidence sentences, span scores and their neutral-question baselines) and cached
 in `readings.jsonl`; the grid of both thresholds is then replayed through `rag.reader.checks.choose`, the
 function the service calls. SQuAD is evaluation data here, never a run-time dependency.
 """
@@ -27,7 +27,7 @@ sys.path[0] = str(REPO)  # run as a script, this folder would shadow the package
 def read_all(args: argparse.Namespace) -> list[dict]:  # type: ignore[type-arg]
     from rag.evaluation.run import build_store, plan
     from rag.evaluation.squad import SquadData
-    from rag.reader.evidence import select_prose_evidence
+    from rag.grounding import select_evidence
     from rag.settings import Settings
     from rag.wiring import build_answer_service
 
@@ -48,7 +48,7 @@ def read_all(args: argparse.Namespace) -> list[dict]:  # type: ignore[type-arg]
             hits = service.retriever.retrieve(question.question, answer.top_k, None, admit=service.gate.admit)
             passages = [hit.chunk.text for hit in hits]
             best = max((hit.dense_score or 0.0 for hit in hits), default=0.0)
-            evidence = select_prose_evidence(question.question, passages[: answer.reader_passages], 4)
+            evidence = select_evidence(question.question, passages[: answer.reader_passages], answer.evidence_sentences)
             reading = service.reader.read(question.question, evidence, limit=16) if best >= 0.3 else None
             spans, texts, baselines = (reading.spans, reading.texts, reading.baselines) if reading else ([], [], [])
             record = {

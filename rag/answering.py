@@ -33,7 +33,6 @@ from rag.grounding import (
 )
 from rag.protocols import Generator
 from rag.reader.checks import choose, degenerate, quotation
-from rag.reader.evidence import select_prose_evidence
 from rag.reader.extractive import ExtractiveReader
 from rag.retrieval import ChunkGate, Hit, HybridRetriever, where_clause
 from rag.settings import AnswerSettings, WatermarkSettings
@@ -296,8 +295,7 @@ class AnswerService:
         it carries no watermark and is not registered as our output (the loop guard guards generated
         text; a quotation re-ingested is the passage's own words). The label says what it is."""
         assert self.reader is not None
-        count = self.settings.evidence_sentences or 4
-        evidence = select_prose_evidence(question, passages[: self.settings.reader_passages], count)
+        evidence = self._evidence(question, passages, "extract", self.settings.reader_passages)
         reading = self.reader.read(question, evidence, limit=SPANS_CONSIDERED)
         timings["read_ms"] = reading.seconds * 1000
         timings["tokens"] = 0.0

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from rag.reader.checks import asks_for_a_statement, choose, degenerate, focus, quotation, read_sentence
-from rag.reader.evidence import prose_sentences, select_prose_evidence
+from rag.reader.evidence import prose_sentences
 from rag.reader.extractive import _common_prefix, extractive_prompt, passage_regions
 from rag.reader.spans import Span, answers_something, best_spans, can_end_after, is_word_start, span_scores
 
@@ -178,11 +178,3 @@ def test_evidence_is_prose_headings_and_indented_blocks_left_out() -> None:
         "It means that the listed identifiers are to be interpreted as globals.",
     ]
     assert prose_sentences("One paragraph. Two sentences.") == ["One paragraph.", "Two sentences."]
-
-
-def test_prose_evidence_keeps_passage_numbers_and_picks_the_overlapping_sentences() -> None:
-    evidence = select_prose_evidence(
-        "What does the global statement declare?", [DOC_CHUNK, "Unrelated text here.", "A global note."], 2
-    )
-    assert evidence[0].startswith('The "global" statement is a declaration') and "global_stmt" not in evidence[0]
-    assert evidence[1] == "" and len(evidence) == 3

@@ -1,18 +1,18 @@
-"""The evidence the extractive reader reads: the prose sentences of the passages that share most words
-with the question.
+"""The prose sentences of a passage: what extract mode may release as a sentence, and what its focus
+check reads.
 
-A documentation chunk holds more than prose: a Markdown heading ("# The "global" statement"), an indented
-grammar or code block ("global_stmt ::= ..."). Joined with the sentence after them they made one long
-"sentence" that shares the question's words, and the reader then quoted the grammar symbol
-("global_stmt") as the answer, or released the heading with the sentence. Headings and indented blocks
-are titles and code, not statements: they are left out, and sentences never run across paragraphs.
+A documentation chunk holds more than prose: a heading ("The "pass" statement" and its underline), an
+indented grammar or code block ("pass_stmt ::= ..."). Joined with the sentence after them they made one
+long "sentence": released whole, the answer began with the heading and the grammar; read by the focus
+check, a grammar symbol ("global_stmt") seemed to stand in a sentence about the question. Headings and
+indented blocks are titles and code, not statements: they are left out and break sentences.
+(Selecting the reader's evidence from prose sentences only was tried: 3 of the 10 e2e questions right
+instead of 5, so the reader still reads `rag.grounding.select_evidence`.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from rag.grounding import content_words, split_sentences
+from rag.grounding import split_sentences
 
 
 def prose_sentences(passage: str) -> list[str]:
@@ -37,16 +37,3 @@ def _structural(line: str) -> bool:
     text = line.strip()
     underline = len(text) >= 3 and not any(ch.isalnum() for ch in text)
     return text.startswith("#") or underline or line.startswith(("   ", "\t")) or "::=" in line
-
-
-def select_prose_evidence(question: str, passages: Sequence[str], count: int) -> list[str]:
-    """One string per passage (same numbering; "" when none of its sentences was chosen): the `count`
-    prose sentences sharing most content words with the question, in their original order. Ties prefer
-    the better-ranked passage (0.3 of a word per rank)."""
-    asked = set(content_words(question))
-    scored = []
-    for n, passage in enumerate(passages):
-        for i, sentence in enumerate(prose_sentences(passage)):
-            scored.append((len(asked & set(content_words(sentence))) - 0.3 * n, n, i, sentence))
-    chosen = sorted(sorted(scored, key=lambda item: -item[0])[:count], key=lambda item: (item[1], item[2]))
-    return [" ".join(s for _, m, _, s in chosen if m == n) for n in range(len(passages))]
