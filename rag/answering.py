@@ -131,6 +131,8 @@ class AnswerService:
     ) -> Iterator[Delta | Answer]:
         """Checked sentences as `Delta`s as soon as each has passed, then the final `Answer`."""
         question, k, filters, answer_mode = self.validate(question, top_k, filters, mode)
+        if not grounded and mode is None:
+            answer_mode = "free"  # nothing retrieved, nothing to quote: an ungrounded answer is generated
         started = time.perf_counter()
         timings: dict[str, float] = {}
         label = self._label(grounded, answer_mode)

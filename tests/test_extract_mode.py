@@ -107,3 +107,11 @@ def test_free_mode_refuses_a_looping_answer(lenient: Settings, store: InMemorySt
     service, _ = service_with(lenient, store, None, FakeGenerator(looping))
     result = service.answer("What does the pass statement do when it is executed?", mode="free")
     assert result.abstained and result.reason == "degenerate_answer"
+
+
+def test_an_ungrounded_answer_without_a_mode_is_generated_and_labelled(lenient: Settings, store: InMemoryStore) -> None:
+    service, _ = service_with(lenient, store, FakeReader([]), FakeGenerator("Tokyo"))
+    result = service.answer("What is the capital of Japan?", grounded=False)
+    assert result.answer_mode == "free" and result.answer.startswith("[unchecked, not grounded]")
+    with pytest.raises(InvalidInputError):
+        service.answer("What is the capital of Japan?", grounded=False, mode="extract")
