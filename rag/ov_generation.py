@@ -3,8 +3,9 @@
 optimum-intel would do this, but every release so far pins transformers below the 5.23 this project uses, so the
 export is done here with OpenVINO itself, the way optimum-intel does it: the torch model the GGUF converts to
 (`rag.models.load_model`) is traced with its key/value cache as explicit inputs and outputs, the cache is then
-moved inside the model as state (one infer request holds one sequence), and NNCF compresses the weights (int8 by
-default). The saved model lives under the model cache and is built under a file lock, like the OpenVINO embedder.
+moved inside the model as state (one infer request holds one sequence), and the weights are kept in float16 (the
+default: answers identical to the float32 model's) or compressed by NNCF (int8, int4). The saved model lives under
+the model cache and is built under a file lock, like the OpenVINO embedder.
 
 `OpenVinoCausalLM` is a `PreTrainedModel` whose forward runs that compiled model, so `generate()` decodes as it
 does for torch and every logits processor (the watermark, quote mode, the chosen tokens' log-probabilities) and
@@ -30,7 +31,7 @@ from rag.errors import BackendUnavailableError
 log = logging.getLogger(__name__)
 
 RECIPE_VERSION = 1  # bump when the export or compression below changes: saved models are rebuilt
-Weights = Literal["int8", "int4", "none"]
+Weights = Literal["int8", "int4", "f16", "none"]
 # The input ids of the traced example: long enough to cover a sliding window, and a past of its own.
 _EXAMPLE_PAST, _EXAMPLE_NEW = 3, 5
 
@@ -107,11 +108,13 @@ def export_to(name: str, cache_root: Path, weights: Weights, out: Path) -> None:
     """Export the torch model cached under `cache_root`, compress it, and save it with its tokenizer and configs."""
     import openvino as ov
 
+    from rag.embedders import _OPENVINO_LOCK
     from rag.models import load_model
 
     model, tokenizer = load_model(name, cache_root)
-    exported = compress(export(model), weights)
-    ov.save_model(exported, str(out / "model.xml"), compress_to_fp16=False)
+    with _OPENVINO_LOCK:  # one thread at a time in OpenVINO's bindings (see rag.embedders)
+        exported = compress(export(model), weights)
+        ov.save_model(exported, str(out / "model.xml"), compress_to_fp16=weights == "f16")
     tokenizer.save_pretrained(str(out))
     model.config.save_pretrained(str(out))
     model.generation_config.save_pretrained(str(out))
@@ -259,8 +262,9 @@ def _traceable(model: Any) -> Any:
 
 
 def compress(model: Any, weights: Weights) -> Any:
-    """Weight-only compression with NNCF (data-free). int4 keeps the token table and output layer in int8."""
-    if weights == "none":
+    """Weight-only compression with NNCF (data-free). int4 keeps the token table and output layer in int8; f16
+    weights are stored as such when saved, none keeps float32."""
+    if weights in ("f16", "none"):
         return model
     os.environ.setdefault("NNCF_CI", "1")  # NNCF's usage telemetry is opt-out; this is its off switch
     import nncf
@@ -299,7 +303,7 @@ def compile_config(threads: int | None, precision: str | None) -> dict[str, Any]
 def load(
     name: str,
     cache_root: Path,
-    weights: Weights = "int8",
+    weights: Weights = "f16",
     *,
     threads: int | None = None,
     precision: str | None = "f32",

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from rag.evaluation.metrics import token_f1
-from rag.generation import LocalGenerator, build_prompt, watermarking_config
+from rag.generation import LocalGenerator, watermarking_config
 from rag.settings import Settings
 from rag.watermark import WatermarkCheck
 from tests.conftest import pydoc_text
@@ -59,18 +59,26 @@ def test_a_long_openvino_generation_carries_the_watermark(generators: dict[str, 
 
     settings = Settings()
     local = generators["openvino"]
-    prompt = build_prompt("Explain how the for statement works, in detail.", [pydoc_text("for")[:1500]])
+    # Prose to continue (a question-answer prompt makes the 270M model list numbers, which the detector skips).
+    prompt = "The Python language reference describes the syntax and the core semantics of the language. In this essay"
     ids = local.tokenizer(prompt, return_tensors="pt")["input_ids"]
-    with torch.inference_mode():
-        out: Any = local._driver.generate(
-            input_ids=ids,
-            max_new_tokens=300,
-            min_new_tokens=300,
-            do_sample=False,
-            pad_token_id=0,
-            no_repeat_ngram_size=3,  # greedy decoding of a 270M model loops; a loop repeats its pairs
-            watermarking_config=watermarking_config(settings.watermark),
-        )
-    text = local.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-    detection = WatermarkCheck(settings.watermark, settings.model_cache_dir, ("gemma3-270m",)).scores(text)[0]
-    assert detection.z_score > settings.watermark.z_threshold, (detection, text[:200])
+    check = WatermarkCheck(settings.watermark, settings.model_cache_dir, ("gemma3-270m",))
+
+    def z_score(**watermark: Any) -> float:
+        with torch.inference_mode():
+            out: Any = local._driver.generate(
+                input_ids=ids,
+                max_new_tokens=300,
+                min_new_tokens=300,
+                do_sample=False,
+                pad_token_id=0,
+                no_repeat_ngram_size=3,  # greedy decoding of a 270M model loops; a loop repeats its pairs
+                **watermark,
+            )
+        text = local.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        detection = check.scores(text)[0]
+        assert detection.scored_tokens >= 100, (detection, text[:200])
+        return detection.z_score
+
+    assert z_score(watermarking_config=watermarking_config(settings.watermark)) > settings.watermark.z_threshold
+    assert z_score() < settings.watermark.z_threshold  # the same decoding without the watermark
