@@ -1,7 +1,10 @@
 """The guarded answer pipeline, usable without HTTP.
 
-question → validate → hybrid retrieval → check passages against the ledger → relevance gate → generate (watermarked)
-→ per-sentence groundedness check → answer with citations, support scores and an AI label.
+question → validate → hybrid retrieval → check passages against the ledger → relevance gate, then by mode:
+- extract (default): score passage spans with the local model (`rag.reader`) → does it answer *this* question
+  (gain over a neutral question, focus) → a verbatim quotation of the cited chunk, labelled as such;
+- free / quote: generate (watermarked) → per-sentence groundedness check, loops refused;
+→ answer with citations, support and an AI label.
 Every failure path abstains or raises; nothing unchecked is ever returned from the grounded path.
 """
 

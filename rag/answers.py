@@ -47,8 +47,9 @@ class Answer:
     answer_mode: AnswerMode
     grounded: bool
     raw: str = ""
-    # What the service knows about how sure it is: the reader's mean token log-probability, the lowest
-    # support score of a released sentence, and the best passage's cosine. Evaluation ranks by these.
+    # What the service knows about how sure it is: the reader's mean token log-probability (extract mode:
+    # the span's log-probability, its probability and its gain), the lowest support score of a released
+    # sentence, and the best passage's cosine. Evaluation ranks by these.
     confidence: dict[str, float | None] = field(default_factory=dict)
     retrieved: list[dict[str, Any]] = field(default_factory=list)
     passage_texts: list[str] = field(default_factory=list)  # numbered as in the prompt; not serialised
