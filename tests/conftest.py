@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from ingest.pipeline import Ingestor
 from ingest.provenance import sign_document
 from ingest.trust import add_trusted_key, load_private_key, write_key_pair
 from rag.settings import Settings
+from tests.fakes import FakeEmbedder, InMemoryStore
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -70,3 +72,17 @@ def corpus(tmp_path: Path, curator: Curator) -> Path:
         doc.write_text(pydoc_text(topic), encoding="utf-8")
         curator.sign(doc, title=topic)
     return root
+
+
+@pytest.fixture
+def store(settings: Settings, corpus: Path) -> InMemoryStore:
+    """The small signed corpus ingested by the real ingestor into an in-memory store, with the fake embedder."""
+    store = InMemoryStore()
+    Ingestor(settings, store, FakeEmbedder()).ingest([corpus])
+    return store
+
+
+@pytest.fixture
+def lenient(settings: Settings) -> Settings:
+    settings.answer.relevance_threshold = 0.05  # the hashing fake embedder gives low cosines
+    return settings

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import pytest
 
 from ingest.ledger import Ledger
-from ingest.pipeline import Ingestor
 from rag.answering import ABSTAIN_MESSAGE, UNCHECKED_LABEL, Answer, AnswerService, Delta
 from rag.errors import InvalidInputError
 from rag.grounding import GroundednessChecker, SentenceSupport, content_words, key_terms, split_sentences
@@ -41,19 +39,6 @@ def make_service(settings: Settings, store: InMemoryStore, generator: FakeGenera
         gate=(gate := build_gate(settings)),
         refresh=gate.follow,
     )
-
-
-@pytest.fixture
-def store(settings: Settings, corpus: Path) -> InMemoryStore:
-    store = InMemoryStore()
-    Ingestor(settings, store, FakeEmbedder()).ingest([corpus])
-    return store
-
-
-@pytest.fixture
-def lenient(settings: Settings) -> Settings:
-    settings.answer.relevance_threshold = 0.05  # the hashing fake embedder gives low cosines
-    return settings
 
 
 QUESTION = "What does the pass statement do when it is executed?"

@@ -239,16 +239,6 @@ def test_a_server_side_error_says_nothing_of_its_cause(settings: Settings, store
         assert str(settings.data_dir) not in events and "[DONE]" in events
 
 
-@pytest.fixture
-def store(settings: Settings, corpus: Path) -> InMemoryStore:
-    from ingest.pipeline import Ingestor
-    from tests.fakes import FakeEmbedder
-
-    store = InMemoryStore()
-    Ingestor(settings, store, FakeEmbedder()).ingest([corpus])
-    return store
-
-
 # --- the real server: chunked bodies, slow clients, many connections ----------------------------------
 
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
-from ingest.pipeline import Ingestor
 from rag.errors import InvalidInputError
 from rag.reader.extractive import Reading
 from rag.reader.spans import Span
 from rag.settings import Settings
-from tests.fakes import FakeEmbedder, FakeGenerator, InMemoryStore
+from tests.fakes import FakeGenerator, InMemoryStore
 from tests.test_answering import make_service
 
 
@@ -32,19 +30,6 @@ class FakeReader:
             texts.append(text)
             baselines.append(baseline)
         return Reading(spans, texts, baselines, 100, 0.01)
-
-
-@pytest.fixture
-def store(settings: Settings, corpus: Path) -> InMemoryStore:
-    store = InMemoryStore()
-    Ingestor(settings, store, FakeEmbedder()).ingest([corpus])
-    return store
-
-
-@pytest.fixture
-def lenient(settings: Settings) -> Settings:
-    settings.answer.relevance_threshold = 0.05  # the hashing fake embedder gives low cosines
-    return settings
 
 
 def service_with(settings: Settings, store: InMemoryStore, reader: FakeReader | None, generator: FakeGenerator):  # type: ignore[no-untyped-def]

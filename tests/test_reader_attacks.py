@@ -44,12 +44,6 @@ class FakeReader:
 
 
 @pytest.fixture
-def lenient(settings: Settings) -> Settings:
-    settings.answer.relevance_threshold = 0.05  # the hashing fake embedder gives low cosines
-    return settings
-
-
-@pytest.fixture
 def store(lenient: Settings, tmp_path: Path, curator: Curator) -> InMemoryStore:
     """Real pydoc topics; `xdel.md` (the del statement) is signed as human-edited-ai, an origin admitted by default
     (up to the human floor: 10% of the store by default; lowered here so that four small topics suffice)."""
