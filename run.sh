@@ -18,7 +18,7 @@ fi
 rag ledger verify
 rag documents | tail -n 5
 echo "--- one question through the whole pipeline ---"
-rag ask "What does the pass statement do when it is executed?" --mode quote
+rag ask "What does the pass statement do when it is executed?"
 if [ "${RAG_NO_SERVE:-0}" != "1" ]; then
   exec rag serve --host "${RAG_HOST:-127.0.0.1}" --port "${RAG_PORT:-8000}"
 fi
