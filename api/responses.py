@@ -176,4 +176,14 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         503: "The generator queue is full (`busy`, with Retry-After) or a backend failed (`generator_failed`).",
         504: "The answer was not ready within RAG_ANSWER__DEADLINE_S (`deadline_exceeded`).",
     }
-    return {status: {"model": ErrorResponse, "description": text[status]} for status in statuses}
+    documented: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorResponse, "description": text[status]} for status in statuses
+    }
+    if 503 in documented:
+        documented[503]["headers"] = BUSY_HEADERS
+    return documented
+
+
+ANY_ERRORS = (400, 408, 413, 431, 500)  # the limits hold on every route, and so may a failure
+BODY_ERRORS = (*ANY_ERRORS, 422, 503, 504)
+BUSY_HEADERS = {"Retry-After": {"description": "Seconds to wait (503 `busy` only).", "schema": {"type": "integer"}}}
