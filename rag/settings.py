@@ -163,6 +163,29 @@ class ServerSettings(BaseModel):
     )
     backlog: int = Field(256, ge=1, description="Connections the kernel queues before the server accepts them.")
     graceful_shutdown_s: int = Field(10, ge=0, description="Time in-flight requests get on shutdown.")
+    max_upload_bytes: int = Field(
+        4_194_304,
+        ge=1024,
+        description="Largest body of `POST /v1/documents` (a document up to ingest.max_document_bytes, its manifest "
+        "up to 1 MiB and the multipart framing); larger ones get 413 `request_too_large` unread.",
+    )
+
+
+class ApiSettings(BaseModel):
+    """Who may use the HTTP API and how much (README, API keys)."""
+
+    allow_anonymous: bool = Field(
+        False,
+        description="Serve without API keys on an address other than loopback. Without it, `rag serve` refuses to "
+        "start there until a key is made (`rag apikeys new`). On loopback, no keys means open.",
+    )
+    rate_per_s: float = Field(
+        5.0, ge=0.0, description="Requests per second each key (or, without keys, each client address) may make; 0: off."
+    )
+    rate_burst: int = Field(30, ge=1, description="Requests a key may make at once before the rate applies (bucket).")
+    cors_origins: list[str] = Field(
+        [], description="Origins a browser may call the API from (CORS); none: CORS is off (same origin only)."
+    )
 
 
 class RegistrySettings(BaseModel):
@@ -265,6 +288,7 @@ class Settings(BaseSettings):
     watermark: WatermarkSettings = WatermarkSettings()
     answer: AnswerSettings = AnswerSettings()
     server: ServerSettings = ServerSettings()
+    api: ApiSettings = ApiSettings()
     detector: DetectorSettings = DetectorSettings()
     registry: RegistrySettings = RegistrySettings()
     corpus_report: CorpusReportSettings = CorpusReportSettings()
@@ -298,3 +322,8 @@ class Settings(BaseSettings):
     @property
     def quarantine_path(self) -> Path:
         return self.data_dir / "quarantine.json"
+
+    @property
+    def api_keys_path(self) -> Path:
+        """API keys of the HTTP service: names, roles and token hashes (never tokens), mode 0600."""
+        return self.data_dir / "apikeys.json"
