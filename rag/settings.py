@@ -188,6 +188,29 @@ class ApiSettings(BaseModel):
     )
 
 
+class ChatSettings(BaseModel):
+    """How `/v1/chat/completions` meets chat clients that show only the message text (README, Chat clients)."""
+
+    model_id: str = Field(
+        "provenance-rag",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$",
+        description="The id `/v1/models` lists and requests name in `model`; the generator's details are in other "
+        "fields. A request naming another model gets 404 `unknown_model`.",
+    )
+    sources_block: bool = Field(
+        True,
+        description="End each cited answer's text with a short Markdown block: one line per cited source (title, "
+        "signer, licence, link to GET /v1/documents/{id}) and what the answer is (a quotation or AI-generated). "
+        "Chat completions only; /v1/answer keeps its fields.",
+    )
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL for the sources block's links when users reach this server under another address "
+        "than the client does (a container, a proxy); default: the address the request came to.",
+    )
+
+
 class RegistrySettings(BaseModel):
     enabled: bool = Field(True, description="Record released answers and refuse documents made of them at ingest.")
     threshold: float = Field(
@@ -289,6 +312,7 @@ class Settings(BaseSettings):
     answer: AnswerSettings = AnswerSettings()
     server: ServerSettings = ServerSettings()
     api: ApiSettings = ApiSettings()
+    chat: ChatSettings = ChatSettings()
     detector: DetectorSettings = DetectorSettings()
     registry: RegistrySettings = RegistrySettings()
     corpus_report: CorpusReportSettings = CorpusReportSettings()
