@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rag.embedders import OpenVinoEmbedder, SentenceTransformerEmbedder
-from rag.protocols import Embedder, Generator
+from rag.protocols import Embedder, Generator, VectorStore
 from rag.retrieval import HybridRetriever, LexicalIndex
 from rag.settings import Settings
 from rag.stores import ChromaStore
@@ -47,12 +48,20 @@ def build_store(settings: Settings, collection: str | None = None) -> ChromaStor
     )
 
 
-def build_ingestor(settings: Settings, embedder: Embedder | None = None, trust: TrustStore | None = None) -> Ingestor:
-    """The ingestor, with the BM25 index rebuilt whenever the stored chunks change."""
+def build_ingestor(
+    settings: Settings,
+    embedder: Embedder | None = None,
+    trust: TrustStore | None = None,
+    *,
+    store: VectorStore | None = None,
+    checks: Sequence[ContentCheck] | None = None,
+) -> Ingestor:
+    """The ingestor, with the BM25 index rebuilt whenever the stored chunks change. The serving process passes
+    its own store, embedder and checks (uploads over HTTP); `rag ingest` opens its own."""
     from ingest.ledger import Ledger
     from ingest.pipeline import Ingestor
 
-    store = build_store(settings)
+    store = store or build_store(settings)
     lexical = LexicalIndex(settings.lexical_path)
     ledger = Ledger(settings.ledger_path)
     return Ingestor(
@@ -60,14 +69,15 @@ def build_ingestor(settings: Settings, embedder: Embedder | None = None, trust: 
         store,
         embedder or build_embedder(settings),
         trust=trust,
-        checks=content_checks(settings),
+        checks=content_checks(settings) if checks is None else checks,
         on_change=lambda: lexical.rebuild(store, ledger.read_head()),
     )
 
 
-def content_checks(settings: Settings) -> list[ContentCheck]:
+def content_checks(settings: Settings, generator: Generator | None = None) -> list[ContentCheck]:
     """The loop guard: answers this service released (the registry, cheap, first), then our own generators'
-    watermark, detected with each local model's tokenizer."""
+    watermark, detected with each local model's tokenizer; then the synthetic-text score (with `generator`'s
+    model when it is the local model that scores, so a serving process holds one copy)."""
     checks: list[ContentCheck] = []
     registry = build_output_registry(settings)
     if registry is not None:
@@ -75,12 +85,12 @@ def content_checks(settings: Settings) -> list[ContentCheck]:
 
         checks.append(own_output_check(settings, registry))  # checks the registry's pin before each ingest
     if not settings.watermark.detect:
-        return [*checks, *synthetic_text_checks(settings)]
+        return [*checks, *synthetic_text_checks(settings, generator)]
     from rag.models import MODELS
     from rag.watermark import WatermarkCheck
 
     checks.append(WatermarkCheck(settings.watermark, settings.model_cache_dir, tuple(MODELS)))
-    return [*checks, *synthetic_text_checks(settings)]
+    return [*checks, *synthetic_text_checks(settings, generator)]
 
 
 def synthetic_text_checks(settings: Settings, generator: Generator | None = None) -> list[ContentCheck]:
