@@ -180,7 +180,7 @@ class ApiSettings(BaseModel):
         "start there until a key is made (`rag apikeys new`). On loopback, no keys means open.",
     )
     rate_per_s: float = Field(
-        5.0, ge=0.0, description="Requests per second each key (or, without keys, each client address) may make; 0: off."
+        5.0, ge=0.0, description="Requests a second each key (or, without keys, each client address) may make; 0: off."
     )
     rate_burst: int = Field(30, ge=1, description="Requests a key may make at once before the rate applies (bucket).")
     cors_origins: list[str] = Field(
