@@ -24,6 +24,7 @@ from api.openapi_rules import document_rules, document_stream
 from api.routes import answers, chat, documents, health
 from api.routes.chat import conversation_query
 from api.state import ServiceState
+from api.web import page
 from rag.answering import AnswerService
 from rag.settings import Settings
 
@@ -65,7 +66,7 @@ def create_app(settings: Settings | None = None, service: AnswerService | None =
         max_header_bytes=settings.server.max_incomplete_event_bytes,
     )
     install(app, Redactor(settings))
-    for module in (health, answers, chat, documents):
+    for module in (health, answers, chat, documents, page):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
