@@ -49,17 +49,22 @@ def main() -> None:
         records = []
         for d in range(args.chunks // args.chunks_per_doc):
             doc_id, sha = f"doc-{d:06d}.md", hashlib.sha256(str(d).encode()).hexdigest()
-            hashes = []
+            hashes, vectors = [], []
             for n in range(args.chunks_per_doc):
                 text = f"{doc_id} {n} " + "".join(rng.choices("abcdefgh ", k=args.chunk_chars))
                 hashes.append(hashlib.sha256(text.encode()).hexdigest())
+                vectors.append(hashlib.sha256(b"vector " + text.encode()).hexdigest())  # as the store would hash it
                 if rng.random() < 0.01:  # keep a sample of stored chunks to look up
                     # A store row spells the committed fields (those left out here are empty in the ledger too).
                     meta = {"doc_id": doc_id, "path": doc_id, "origin": "human", "signer_keyid": keyid}
-                    chunks.append(StoredChunk(chunk_id(doc_id, sha, n), text, {**meta, "doc_sha256": sha}))
+                    chunks.append(
+                        StoredChunk(
+                            chunk_id(doc_id, sha, n), text, {**meta, "doc_sha256": sha}, vector_sha256=vectors[-1]
+                        )
+                    )
             records.append(
                 {"action": "add", "doc_id": doc_id, "sha256": sha, "chunks": args.chunks_per_doc, "chars": 0,
-                 "origin": "human", "signer_keyid": keyid, "chunk_sha256": hashes}
+                 "origin": "human", "signer_keyid": keyid, "chunk_sha256": hashes, "vector_sha256": vectors}
             )  # fmt: skip
         ledger.append_many(records)
         size_mb = ledger.path.stat().st_size / 1e6

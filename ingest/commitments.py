@@ -1,8 +1,9 @@
 """What the ledger commits to, chunk by chunk, and the answer-time gate that serves only that.
 
-An admitting ledger entry lists its chunks' sha256 in order and the document's provenance (title,
+An admitting ledger entry lists its chunks' sha256 in order, the sha256 of each chunk's stored vector
+(so that a vector edited behind the ledger cannot steer retrieval), and the document's provenance (title,
 authors, licence, origin, source, signer); `commitments()` maps every chunk id of the live documents to
-its committed hash and those fields. `cross_check` compares a vector store with that map both ways
+its committed hashes and those fields. `cross_check` compares a vector store with that map both ways
 (`rag ledger verify`); `LedgerGate` is what the answering service asks, per retrieved chunk, whether it
 may be served now, and it hands back the chunk carrying the committed fields, never the store's.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ingest.ledger import GENESIS, Ledger, LiveDocument, chunk_id, entry_hash, revoked_keyids, text_sha256
-from ingest.ledger_head import verified_head
+from ingest.ledger_head import remembered_head, verified_head
 from ingest.trust import TrustStore
 from rag.errors import LedgerError, TrustStoreError
 from rag.types import StoredChunk
@@ -41,6 +42,7 @@ class Commitment:
     signer_keyid: str
     index: int = 0
     facts: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    vector_sha256: str = ""
 
     def metadata(self) -> dict[str, Any]:
         """The chunk's metadata as the ledger commits it."""
@@ -67,13 +69,29 @@ def committed_facts(doc: LiveDocument) -> dict[str, str]:
 
 
 def commitments(live: dict[str, LiveDocument]) -> dict[str, Commitment]:
-    """chunk id → commitment, for every chunk of every live document whose entry commits its chunks."""
+    """chunk id → commitment, for every chunk of every live document whose entry commits its chunks' text and
+    vectors (an entry from before either was committed commits nothing: such a document is not served)."""
     out: dict[str, Commitment] = {}
     for doc in live.values():
         facts = committed_facts(doc)
-        for n, sha in enumerate(doc.chunk_hashes or ()):
-            out[chunk_id(doc.doc_id, doc.sha256, n)] = Commitment(doc.doc_id, sha, doc.signer_keyid, n, facts)
+        texts, vectors = doc.chunk_hashes, doc.vector_hashes
+        if texts is None or vectors is None:
+            continue
+        for n, (sha, vector) in enumerate(zip(texts, vectors, strict=True)):
+            key = chunk_id(doc.doc_id, doc.sha256, n)
+            out[key] = Commitment(doc.doc_id, sha, doc.signer_keyid, n, facts, vector)
     return out
+
+
+def changed(chunk: StoredChunk, commitment: Commitment) -> str | None:
+    """What of a stored chunk differs from its commitment (text, vector, metadata); None if nothing does."""
+    if text_sha256(chunk.text) != commitment.sha256:
+        return "text does not hash to the committed chunk hash"
+    if chunk.vector_sha256 != commitment.vector_sha256:
+        return "vector does not hash to the committed vector hash"
+    if fields := drift(chunk.metadata, commitment):
+        return f"metadata differs from the ledger entry ({', '.join(fields)})"
+    return None
 
 
 def drift(metadata: Mapping[str, Any], commitment: Commitment) -> list[str]:
@@ -85,25 +103,29 @@ def cross_check(live: dict[str, LiveDocument], store: VectorStore) -> list[str]:
     """Compare the store with the ledger's commitments both ways; one line per kind of problem."""
     committed = commitments(live)
     problems: list[str] = []
-    legacy = sorted(doc.doc_id for doc in live.values() if doc.chunk_hashes is None)
+    legacy = sorted(doc.doc_id for doc in live.values() if doc.chunk_hashes is None or doc.vector_hashes is None)
     if legacy:
-        problems.append(_named("live documents whose entry commits no chunk hashes (re-ingest them)", legacy))
+        what = "live documents whose entry commits no chunk or vector hashes (not served; re-ingest them)"
+        problems.append(_named(what, legacy))
     stored = store.ids()
     if stored and not live:
         problems.append(f"the ledger has no live document but the store holds {len(stored)} chunks (ledger lost?)")
     present = set(stored)
     uncommitted = sorted(i for i in stored if i not in committed)
     missing = sorted(i for i in committed if i not in present)
-    rows = store.get(sorted(present & committed.keys()))
-    changed = sorted(c.id for c in rows if text_sha256(c.text) != committed[c.id].sha256)
+    rows = store.get(sorted(present & committed.keys()), vectors=True)
+    edited = sorted(c.id for c in rows if text_sha256(c.text) != committed[c.id].sha256)
+    moved = sorted(c.id for c in rows if c.vector_sha256 != committed[c.id].vector_sha256)
     drifted = {c.id: drift(c.metadata, committed[c.id]) for c in rows}
     fields = sorted({key for keys in drifted.values() for key in keys})
     if uncommitted:
         problems.append(_named("chunks in the store that the ledger does not commit", uncommitted))
     if missing:
         problems.append(_named("committed chunks missing from the store", missing))
-    if changed:
-        problems.append(_named("chunks whose stored text differs from the committed hash", changed))
+    if edited:
+        problems.append(_named("chunks whose stored text differs from the committed hash", edited))
+    if moved:
+        problems.append(_named("chunks whose stored vector differs from the committed hash", moved))
     if fields:
         what = f"chunks whose stored metadata differs from the ledger entry ({', '.join(fields)})"
         problems.append(_named(what, sorted(i for i, keys in drifted.items() if keys)))
@@ -120,19 +142,25 @@ class LedgerGate:
     """What may be served now: the chunks the ledger's signed head commits to, from signers trusted now.
 
     `follow()` reads the head file (a few microseconds) and reloads the commitments only when it changed,
-    and the trust files only when they changed; `admit(chunk)` is a dict lookup and one sha256. The head's
-    signature is checked with the ledger's public key alone (`public_key_path`), the chain is replayed up
-    to exactly the signed head, and key ids the ledger records a `revoke` for stay revoked whatever the
-    trust files say. Anything that cannot be read or does not verify leaves nothing admitted (fail closed)."""
+    and the trust files only when they changed; `admit(chunk)` is a dict lookup and one sha256 (of the
+    text; the store hashes the vector). The head's signature is checked with the ledger's public key alone
+    (`public_key_path`), the chain is replayed up to exactly the signed head, and key ids the ledger records
+    a `revoke` for stay revoked whatever the trust files say. The head must also extend the last head the
+    ledger key signed for this ledger (`heads_path`, kept beside the key outside the data dir): a ledger
+    rolled back to an older copy, signed heads and all, serves nothing. Anything that cannot be read or
+    does not verify leaves nothing admitted (fail closed)."""
 
-    def __init__(self, ledger: Ledger, trust_paths: Sequence[Path], public_key_path: Path) -> None:
+    def __init__(
+        self, ledger: Ledger, trust_paths: Sequence[Path], public_key_path: Path, heads_path: Path | None = None
+    ) -> None:
         self.ledger = ledger
         self.trust_paths = list(trust_paths)
         self.public_key_path = public_key_path
+        self.heads_path = heads_path
         self.head: str | None = None
         # The commitments and the key ids the ledger revoked, swapped as one (an admit never mixes two heads).
         self._state: tuple[dict[str, Commitment], set[str]] = ({}, set())
-        self._seen: tuple[bytes, tuple[int, int, int] | None] | None = None
+        self._seen: tuple[bytes, tuple[int, int, int] | None, tuple[int, int, int] | None] | None = None
         self._trust: TrustStore | None = None
         self._trust_stamp: tuple[tuple[int, int, int] | None, ...] | None = None
         self._lock = threading.Lock()
@@ -145,7 +173,7 @@ class LedgerGate:
                 raw = self.ledger.head_path.read_bytes()
             except OSError:
                 raw = b""
-            seen = (raw, _stamp(self.public_key_path))
+            seen = (raw, _stamp(self.public_key_path), _stamp(self.heads_path) if self.heads_path else None)
             if seen == self._seen:
                 return False
             self._seen = seen
@@ -161,6 +189,11 @@ class LedgerGate:
                     raise LedgerError("the ledger head file is missing or unreadable")
                 return {}, set(), None  # nothing ingested yet
             index, head = verified_head(self.public_key_path, record)
+            last = remembered_head(self.heads_path, self.ledger.path) if self.heads_path else None
+            if last is not None and last[0] > index:
+                raise LedgerError(
+                    f"the signed head is entry {index}, behind entry {last[0]} the key signed (rolled back)"
+                )
             prev, entries = GENESIS, list[dict[str, Any]]()
             for entry in self.ledger.entries() if index >= 0 else ():
                 linked = entry.get("index") == len(entries) and entry.get("prev") == prev
@@ -172,6 +205,8 @@ class LedgerGate:
                     break
             if len(entries) != index + 1 or prev != head:
                 raise LedgerError("the ledger does not reach its signed head")
+            if last is not None and last[0] >= 0 and entries[last[0]].get("hash") != last[1]:
+                raise LedgerError(f"entry {last[0]} differs from the head the key signed (history rewritten)")
         except (LedgerError, KeyError, TypeError, ValueError) as exc:
             log.error("the ledger does not verify (%s): no passage will be served until it does", exc)
             return {}, set(), None
@@ -190,16 +225,14 @@ class LedgerGate:
 
     def admit(self, chunk: StoredChunk) -> StoredChunk | None:
         """The chunk carrying the metadata the ledger commits, if the ledger head commits this chunk id to this
-        text and these fields and its signer is trusted now; None (logged) otherwise."""
+        text, this vector and these fields and its signer is trusted now; None (logged) otherwise."""
         committed, revoked = self._state
         commitment = committed.get(chunk.id)
         why = None
         if commitment is None:
             why = "not committed by the ledger head"
-        elif text_sha256(chunk.text) != commitment.sha256:
-            why = "text does not hash to the committed chunk hash"
-        elif fields := drift(chunk.metadata, commitment):
-            why = f"metadata differs from the ledger entry ({', '.join(fields)})"
+        elif (difference := changed(chunk, commitment)) is not None:
+            why = difference
         elif commitment.signer_keyid in revoked:
             why = "its signer's key is revoked in the ledger"
         elif self._trust is None:

@@ -74,6 +74,13 @@ class LiveDocument:
         return [str(h) for h in hashes] if isinstance(hashes, list) and len(hashes) == self.chunks else None
 
     @property
+    def vector_hashes(self) -> list[str] | None:
+        """The committed sha256 of each chunk's stored vector, in order; None for an entry from before vectors
+        were committed (such a document is not served, and the next ingest embeds it afresh)."""
+        hashes = self.entry.get("vector_sha256")
+        return [str(h) for h in hashes] if isinstance(hashes, list) and len(hashes) == self.chunks else None
+
+    @property
     def signer_keyid(self) -> str:
         return str(self.entry.get("signer_keyid") or "")
 

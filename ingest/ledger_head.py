@@ -87,7 +87,7 @@ class LedgerKey:
 
     @property
     def _heads_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".heads.json")
+        return heads_path(self.path)
 
     def remember(self, ledger: Path, index: int | None, head: str | None) -> None:
         """Record beside the key (outside the data dir) the last head it signed for `ledger`: a ledger cut
@@ -109,15 +109,34 @@ class LedgerKey:
         return found if isinstance(found, dict) else None
 
     def _heads(self) -> dict[str, Any]:
-        try:
-            heads = json.loads(self._heads_path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return heads if isinstance(heads, dict) else {}
+        return _read_heads(self._heads_path)
 
     def open(self, signed: dict[str, Any]) -> dict[str, Any]:
         """The payload of a signed head, if this key signed it; LedgerError otherwise."""
         return open_head(self.public(), signed)
+
+
+def heads_path(key_path: Path) -> Path:
+    """Where the last head a ledger key signed for each ledger is recorded: beside the key."""
+    return key_path.with_name(key_path.name + ".heads.json")
+
+
+def _read_heads(path: Path) -> dict[str, Any]:
+    try:
+        heads = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return heads if isinstance(heads, dict) else {}
+
+
+def remembered_head(path: Path, ledger: Path) -> tuple[int, str] | None:
+    """(index, hash) of the last head the key beside `path` signed for `ledger`; None if it signed none (or
+    the record is unreadable: then only the signed head file and the chain are checked)."""
+    found = _read_heads(path).get(str(ledger.resolve()))
+    if not isinstance(found, dict):
+        return None
+    index, head = found.get("index"), found.get("hash")
+    return (index, head) if isinstance(index, int) and isinstance(head, str) else None
 
 
 def open_head(public: Ed25519PublicKey, signed: dict[str, Any]) -> dict[str, Any]:

@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ingest.background import in_background
-from ingest.commitments import commitments, drift
+from ingest.commitments import changed, commitments
 from ingest.decisions import ContentCheck, Decider, IngestReport, Pending, Withdraw, owner_of
 from ingest.files import printable_path, read_json_object
-from ingest.ledger import Ledger, LiveDocument, chunk_id, parse_chunk_id, revoked_keyids, text_sha256
+from ingest.ledger import Ledger, LiveDocument, chunk_id, parse_chunk_id, revoked_keyids
 from ingest.ledger_head import LedgerKey
 from ingest.loaders import is_document
 from ingest.provenance import Verdict
 from ingest.trust import TrustedKey, TrustStore, revoke_key, utc_now
-from rag.errors import InvalidInputError, LedgerError, NotFoundError
+from rag.errors import BackendUnavailableError, InvalidInputError, LedgerError, NotFoundError
 from rag.protocols import Embedder, VectorStore
 from rag.settings import Settings
 from rag.types import Chunk
@@ -298,7 +298,14 @@ class Ingestor:
             chunks.extend(Chunk(**{**c.__dict__, "metadata": {**c.metadata, **stamp}}) for c in item.chunks)
         embeddings = self.embedder.embed([c.text for c in chunks])
         self.store.upsert(chunks, embeddings)
-        self.ledger.append_many([_live_record(item) for item in pending])
+        # The entry commits each vector as the store holds it (read back: the store may rescale it).
+        stored = {c.id: c.vector_sha256 for c in self.store.get([c.id for c in chunks], vectors=True)}
+        missing = [c.id for c in chunks if not stored.get(c.id)]
+        if missing:
+            raise BackendUnavailableError(
+                f"The vector store did not keep {len(missing)} of the chunks just written (e.g. {missing[0]})."
+            )
+        self.ledger.append_many([_live_record(item, stored) for item in pending])
         stale = [
             chunk_id(item.previous.doc_id, item.previous.sha256, i)
             for item in pending
@@ -311,21 +318,17 @@ class Ingestor:
 
     def _reconcile(self, live: dict[str, LiveDocument]) -> int:
         """Make the store hold only what the ledger commits: delete stored chunks it does not commit, whose text
-        no longer hashes to the commitment or whose metadata differs from the ledger entry; a live document left
-        short is marked `incomplete`, for a fresh embed.
+        or vector no longer hashes to the commitment or whose metadata differs from the ledger entry; a live
+        document left short (or whose entry commits no vectors) is marked `incomplete`, for a fresh embed.
 
-        Reads the text of every committed chunk (Chroma returned ~500 chunks in well under a second)."""
+        Reads the text and vector of every committed chunk (Chroma returned ~500 chunks in well under a second)."""
         committed = commitments(live)
         stored = self.store.ids()
         orphans = [value for value in stored if value not in committed]
         present = [value for value in stored if value in committed]
-        changed = {
-            c.id
-            for c in self.store.get(present)
-            if text_sha256(c.text) != committed[c.id].sha256 or drift(c.metadata, committed[c.id])
-        }
-        orphans.extend(changed)
-        held = Counter(committed[value].doc_id for value in present if value not in changed)
+        edited = {c.id for c in self.store.get(present, vectors=True) if changed(c, committed[c.id]) is not None}
+        orphans.extend(edited)
+        held = Counter(committed[value].doc_id for value in present if value not in edited)
         for doc in list(live.values()):
             if held.get(doc.doc_id, 0) != doc.chunks:
                 # Stored chunks fell short of what the ledger commits (or it commits none): embed it afresh.
@@ -354,7 +357,7 @@ class Ingestor:
         os.replace(tmp, path)
 
 
-def _live_record(item: Pending) -> dict[str, Any]:
+def _live_record(item: Pending, vectors: dict[str, str | None]) -> dict[str, Any]:
     verdict = item.verdict
     assert verdict.predicate is not None and verdict.text is not None
     predicate = verdict.predicate
@@ -378,6 +381,8 @@ def _live_record(item: Pending) -> dict[str, Any]:
         "replaces": item.previous.sha256 if item.previous else None,
         # The commitment: chunk n is `chunk_id(doc_id, sha256, n)` and its text hashes to this.
         "chunk_sha256": [chunk.sha256 for chunk in item.chunks],
+        # ... and its stored vector hashes to this (`rag.stores.vector_sha256`).
+        "vector_sha256": [vectors[chunk.id] for chunk in item.chunks],
         **item.notes,
     }
 

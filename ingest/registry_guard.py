@@ -221,6 +221,6 @@ def corpus_quotable(
     def find(released: Sequence[str]) -> list[str]:
         refresh()  # the ungrounded path does not follow the ledger head itself
         ids = list(dict.fromkeys(i for sentence in released for i, _ in lexical.search(sentence, per_sentence)))
-        return [chunk.text for chunk in store.get(ids) if gate.admit(chunk) is not None] if ids else []
+        return [chunk.text for chunk in store.get(ids, vectors=True) if gate.admit(chunk) is not None] if ids else []
 
     return find

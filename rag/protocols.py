@@ -30,7 +30,10 @@ class VectorStore(Protocol):
 
     def ids(self) -> list[str]: ...
 
-    def get(self, ids: Sequence[str]) -> list[StoredChunk]: ...
+    def get(self, ids: Sequence[str], *, vectors: bool = False) -> list[StoredChunk]:
+        """The chunks with these ids (those the store holds); with `vectors`, each carries its stored
+        vector's `vector_sha256`, which the ledger commits."""
+        ...
 
     def query(
         self, embedding: Sequence[float], k: int, where: dict[str, Any] | None = None, *, content: bool = True

@@ -206,7 +206,7 @@ class HybridRetriever:
         while len(chosen) < top_k and start < len(ranked):
             page = ranked[start : start + top_k - len(chosen)]
             start += len(page)
-            found = {c.id: c for c in self.store.get(page)}
+            found = {c.id: c for c in self.store.get(page, vectors=admit is not None)}
             for i in page:
                 got = found.get(i) if admit is None or i not in found else admit(found[i])
                 # Dense hits passed the filter in the store; with a gate every hit is checked on what it admits.

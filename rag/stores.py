@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+import numpy as np
 
 from rag.errors import BackendUnavailableError, ConflictError
 from rag.types import Chunk, StoredChunk
@@ -15,6 +18,14 @@ _WRITE_BATCH = 1000
 
 
 GET_PAGE = 5_000
+
+
+def vector_sha256(vector: Sequence[float] | Any) -> str:
+    """The sha256 of a vector as float32, little-endian: what a ledger entry commits for each stored vector.
+
+    Chroma keeps vectors as float32 and may rescale one in a cosine collection, so ingest hashes the vectors
+    as the store reads them back after writing, never the embedder's output."""
+    return hashlib.sha256(np.asarray(vector, dtype="<f4").tobytes()).hexdigest()
 
 
 class ChromaStore:
@@ -124,17 +135,24 @@ class ChromaStore:
                 return out
             offset += GET_PAGE
 
-    def get(self, ids: Sequence[str]) -> list[StoredChunk]:
+    def get(self, ids: Sequence[str], *, vectors: bool = False) -> list[StoredChunk]:
         if not ids:
             return []
         out: list[StoredChunk] = []
         wanted = list(ids)
+        include = ["documents", "metadatas", *(["embeddings"] if vectors else [])]
         # SQLite refuses a statement with more than 32,766 variables: read in pages.
         for start in range(0, len(wanted), GET_PAGE):
-            got = self._collection.get(ids=wanted[start : start + GET_PAGE], include=["documents", "metadatas"])
+            got = self._collection.get(ids=wanted[start : start + GET_PAGE], include=include)
+            found = got["embeddings"] if vectors else [None] * len(got["ids"])
             out.extend(
-                StoredChunk(id=i, text=t or "", metadata=dict(m or {}))
-                for i, t, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
+                StoredChunk(
+                    id=i,
+                    text=t or "",
+                    metadata=dict(m or {}),
+                    vector_sha256=vector_sha256(e) if e is not None else None,
+                )
+                for i, t, m, e in zip(got["ids"], got["documents"], got["metadatas"], found, strict=True)
             )
         return out
 

@@ -29,6 +29,8 @@ class StoredChunk:
     text: str
     metadata: dict[str, Any]
     score: float = 0.0
+    # sha256 of the stored vector (`rag.stores.vector_sha256`), when the store was asked for it.
+    vector_sha256: str | None = None
 
 
 @dataclass(frozen=True)

@@ -202,11 +202,13 @@ def build_gate(settings: Settings) -> LedgerGate:
     key (the serving process never needs the private one), and the signers trusted now."""
     from ingest.commitments import LedgerGate
     from ingest.ledger import Ledger
+    from ingest.ledger_head import heads_path
 
     return LedgerGate(
         Ledger(settings.ledger_path),
         (settings.trust_path, settings.local_trust_path),
         settings.ledger_public_key,
+        heads_path(settings.ledger_key_path),
     )
 
 

@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from rag.stores import vector_sha256
 from rag.types import AnswerMode, Chunk, Generation, StoredChunk
 
 
@@ -58,8 +59,17 @@ class InMemoryStore:
     def ids(self) -> list[str]:
         return list(self.rows)
 
-    def get(self, ids: Sequence[str]) -> list[StoredChunk]:
-        return [StoredChunk(i, self.rows[i][0].text, dict(self.rows[i][0].metadata)) for i in ids if i in self.rows]
+    def get(self, ids: Sequence[str], *, vectors: bool = False) -> list[StoredChunk]:
+        return [
+            StoredChunk(
+                i,
+                self.rows[i][0].text,
+                dict(self.rows[i][0].metadata),
+                vector_sha256=vector_sha256(self.rows[i][1]) if vectors else None,
+            )
+            for i in ids
+            if i in self.rows
+        ]
 
     def query(
         self, embedding: Sequence[float], k: int, where: dict[str, Any] | None = None, *, content: bool = True

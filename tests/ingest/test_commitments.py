@@ -110,6 +110,51 @@ def test_chunk_edited_behind_the_ledger_is_never_served(lenient: Settings, corpu
     assert verify_cli()[0] == 0
 
 
+def test_vector_edited_behind_the_ledger_steers_nothing(lenient: Settings, corpus: Path) -> None:
+    """Text and metadata untouched, only the vector moved onto an unrelated question: the chunk is dropped."""
+    ingestor(lenient).ingest([corpus])
+    store = build_store(lenient)
+    service = build_answer_service(lenient, embedder=FakeEmbedder(), generator=FirstSentenceGenerator())
+    question = "Who pays the barn owls a week, the lighthouse board?"
+    moved = next(c for c in store.get(store.ids()) if c.metadata["doc_id"] == "pass.md")
+    assert store.query(FakeEmbedder().embed([question])[0], 1)[0].id != moved.id
+    store._collection.update(ids=[moved.id], embeddings=FakeEmbedder().embed([question]))
+    assert store.query(FakeEmbedder().embed([question])[0], 1)[0].id == moved.id  # the store now ranks it first
+    result = service.answer(question)
+    assert moved.id not in {r["chunk_id"] for r in result.retrieved}
+    assert all(c.chunk_id != moved.id for c in result.citations)
+
+    code, output = verify_cli()
+    assert code == 1 and moved.id in output and "stored vector differs from the committed hash" in output
+    report = ingestor(lenient).ingest([corpus])  # repaired from the signed source, embedded afresh
+    assert report.repaired_chunks == 1 and [r["doc_id"] for r in report.replaced] == ["pass.md"]
+    assert verify_cli()[0] == 0
+    assert moved.id in {r["chunk_id"] for r in service.answer("What does the pass statement do?").retrieved}
+
+
+def test_entry_without_vector_hashes_is_not_served_until_re_ingested(lenient: Settings, corpus: Path) -> None:
+    """A ledger from before vectors were committed: verify names it, the gate serves none of it, and the next
+    ingest embeds it afresh under an entry that commits its vectors."""
+    ingestor(lenient).ingest([corpus])
+    path = lenient.ledger_path
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    for entry in entries:
+        entry.pop("vector_sha256", None)
+    rewritten = Ledger(path, LedgerKey(lenient.ledger_key_path))
+    path.unlink()
+    rewritten.head_path.unlink()
+    LedgerKey(lenient.ledger_key_path).remember(path, None, None)
+    rewritten.append_many([{k: v for k, v in e.items() if k not in ("index", "prev", "hash")} for e in entries])
+    service = build_answer_service(lenient, embedder=FakeEmbedder(), generator=FirstSentenceGenerator())
+    result = service.answer("What does the pass statement do?")
+    assert result.abstained and not result.retrieved
+    code, output = verify_cli()
+    assert code == 1 and "commits no chunk or vector hashes" in output
+    report = ingestor(lenient).ingest([corpus])
+    assert len(report.replaced) == 3 and verify_cli()[0] == 0
+    assert not service.answer("What does the pass statement do?").abstained
+
+
 def test_chunk_the_ledger_does_not_commit_is_not_served_and_is_named(lenient: Settings, corpus: Path) -> None:
     ingestor(lenient).ingest([corpus])
     store = build_store(lenient)
@@ -159,6 +204,7 @@ def test_cut_ledger_is_caught_and_ingest_refuses(settings: Settings, corpus: Pat
 
 
 def test_rollback_to_an_older_signed_head_is_caught(settings: Settings, corpus: Path, curator: Curator) -> None:
+    settings.answer.relevance_threshold = 0.05  # the hashing fake embedder gives low cosines
     ingestor(settings).ingest([corpus])
     old_ledger, old_head = settings.ledger_path.read_bytes(), Ledger(settings.ledger_path).head_path.read_bytes()
     code, _ = verify_cli()
@@ -170,6 +216,8 @@ def test_rollback_to_an_older_signed_head_is_caught(settings: Settings, corpus: 
     ingestor(settings).ingest([corpus])
     later = CliRunner().invoke(app, ["ledger", "head"]).output.strip()
     assert verify_cli("--expect", pinned)[0] == 0  # the ledger still extends the older head
+    service = build_answer_service(settings, embedder=FakeEmbedder(), generator=FirstSentenceGenerator())
+    assert service.answer("What does the pass statement do?").citations
 
     # Put back the older ledger and its (validly signed) head: caught by the head the key remembers,
     # and by the operator's copy of the later head.
@@ -181,6 +229,9 @@ def test_rollback_to_an_older_signed_head_is_caught(settings: Settings, corpus: 
     assert code == 1 and "expected head" in output
     with pytest.raises(LedgerError):
         ingestor(settings).ingest([corpus])
+    # The running service, which checks heads with the public key alone, serves nothing from the older copy.
+    result = service.answer("What does the pass statement do?")
+    assert result.abstained and not result.retrieved
 
 
 def test_deleted_ledger_beside_a_full_store_is_an_error(settings: Settings, corpus: Path) -> None:
