@@ -34,6 +34,7 @@ from rag.grounding import (
     select_evidence,
     split_sentences,
 )
+from rag.guardrails.registry import echoes
 from rag.protocols import Generator
 from rag.reader.checks import choose, degenerate, quotation
 from rag.reader.extractive import ExtractiveReader
@@ -150,7 +151,8 @@ class AnswerService:
             timings.update(generate_ms=generation.seconds * 1000, tokens=generation.tokens)
             timings["total_ms"] = (time.perf_counter() - started) * 1000
             labelled = f"{UNCHECKED_LABEL} {generation.text.strip()}".rstrip()  # the text itself says so
-            self.record_output(split_sentences(generation.text), [])
+            # Ours unless it quotes the corpus (the registry looks that up) or only repeats the question.
+            self.record_output([s for s in split_sentences(generation.text) if not echoes(s, question)], [])
             yield Delta(labelled)
             confidence = {"reader_logprob": _maybe_round(getattr(self.generator, "last_logprob", None))}
             yield Answer(answer=labelled, abstained=False, reason=None, citations=[], support=[],

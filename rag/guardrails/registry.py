@@ -109,6 +109,13 @@ _CONFUSABLES = str.maketrans(
 )
 
 
+def echoes(sentence: str, question: str) -> bool:
+    """Whether a sentence only repeats the question's words (an echo of the user's text is not our output:
+    registering it would refuse a document that asks the same question)."""
+    words = set(normalise(sentence).split())
+    return bool(words) and words <= set(normalise(question).split())
+
+
 def normalise(text: str) -> str:
     """The form fingerprints are taken of: NFKC, format characters (Unicode category Cf: zero-width space and
     joiner, soft hyphen, bidi marks) dropped, Cyrillic and Greek look-alikes folded to Latin, case folded, no

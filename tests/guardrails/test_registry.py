@@ -197,6 +197,14 @@ def test_the_service_registers_what_it_releases_but_not_quotations_nor_echoes_of
     service.answer("How many legs does a spider have, and what does del do?", grounded=False)
     assert [m.sentence for m in registry.matches(f"{ungrounded}\n\n{ECHO}")] == [ungrounded]
     assert OwnOutputCheck(registry).check(pydoc_text("del")) is None
+    # Nor is an answer that only repeats the question (the user's words, not ours).
+    question = "Which of the spiders in the garden spin silk to build their webs and catch insects"
+    service.generator = FakeGenerator("The spiders in the garden spin silk to build their webs and catch insects.")
+    service.answer(f"{question}?", grounded=False)
+    assert not registry.matches(f"The notes: {question}. Nothing else.")
+    service.generator = FakeGenerator("Orb weavers in the garden spin silk to build their webs and catch insects.")
+    service.answer(f"{question}?", grounded=False)
+    assert registry.matches("Orb weavers in the garden spin silk to build their webs and catch insects.")
 
 
 def test_a_new_manifest_for_admitted_text_is_not_refused_for_what_our_answers_echoed(
