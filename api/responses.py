@@ -73,9 +73,17 @@ class AnswerResponse(_Open):
     grounded: bool
 
 
+class Usage(_Open):
+    """The model's tokens: what the reader read and what it generated (none for a quotation or a client task)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 class ChatMessageOut(_Open):
     role: str
-    content: str
+    content: str = Field(..., description="The checked answer, then (RAG_CHAT__SOURCES_BLOCK) its sources block.")
 
 
 class ChatChoice(_Open):
@@ -90,7 +98,12 @@ class ChatCompletion(_Open):
     created: int
     model: str
     choices: list[ChatChoice]
-    rag: dict[str, Any] = Field(..., description="abstained, reason, citations, support, rejected, label, timings.")
+    usage: Usage
+    rag: dict[str, Any] = Field(
+        ...,
+        description="abstained, reason, citations, support, rejected, label, timings; for a client task answered by "
+        "rules: client_task and label.",
+    )
 
 
 class Delta(_Open):
@@ -105,7 +118,8 @@ class ChunkChoice(_Open):
 
 
 class ChatCompletionChunk(_Open):
-    """One streamed event: text that passed the check, or the final chunk with `rag` (finish_reason stop)."""
+    """One streamed event: text that passed the check, the sources block, the final chunk with `rag`
+    (finish_reason stop), or with `stream_options.include_usage` a last chunk with `usage` and no choices."""
 
     id: str
     object: str
@@ -113,6 +127,7 @@ class ChatCompletionChunk(_Open):
     model: str
     choices: list[ChunkChoice]
     rag: dict[str, Any] | None = None
+    usage: Usage | None = None
 
 
 def stream_event_schema(chunk_ref: str, error_ref: str) -> dict[str, Any]:
@@ -139,10 +154,16 @@ def stream_event_schema(chunk_ref: str, error_ref: str) -> dict[str, Any]:
 
 
 class Model(_Open):
-    id: str
+    id: str = Field(..., description="A short stable slug (RAG_CHAT__MODEL_ID); requests name it in `model`.")
     object: str
     created: int
     owned_by: str
+    name: str | None = None
+    generator: str | None = Field(None, description="The generator behind the answers, without its address.")
+    backend: str | None = Field(None, description="local or openai (a remote OpenAI-compatible server).")
+    runtime: str | None = Field(None, description="What runs the local model: torch or openvino.")
+    answer_mode: str | None = Field(None, description="The default answer mode: extract, free or quote.")
+    aliases: list[str] | None = Field(None, description="Other ids requests may name (the former descriptive id).")
 
 
 class ModelList(_Open):
