@@ -149,6 +149,7 @@ class AnswerService:
                 )
             generation = self.generator.generate(question, None, mode="free")
             timings.update(generate_ms=generation.seconds * 1000, tokens=generation.tokens)
+            timings["prompt_tokens"] = float(generation.prompt_tokens)  # what the model read (usage)
             timings["total_ms"] = (time.perf_counter() - started) * 1000
             labelled = f"{UNCHECKED_LABEL} {generation.text.strip()}".rstrip()  # the text itself says so
             # Ours unless it quotes the corpus (the registry looks that up) or only repeats the question.
@@ -169,7 +170,6 @@ class AnswerService:
         hits = self.retriever.retrieve(question, k, filters, admit=self.gate.admit)
         timings["retrieve_ms"] = (time.perf_counter() - t0) * 1000
         retrieved = [_hit_view(n, hit) for n, hit in enumerate(hits, start=1)]
-            timings["prompt_tokens"] = float(generation.prompt_tokens)  # what the model read (usage)
         best = max((hit.dense_score or 0.0 for hit in hits), default=0.0)
         timings["best_passage_score"] = best
         if best < self.settings.relevance_threshold:
@@ -260,6 +260,8 @@ class AnswerService:
                 buffer = sentences[-1]
         if buffer.strip():
             yield from self._release(question, [buffer.strip()], passages, timings, checked, kept)
+        # What the model read, over both tries when it retried (reported to chat clients as `usage`).
+        timings["prompt_tokens"] = timings.get("prompt_tokens", 0.0) + getattr(self.generator, "last_prompt_tokens", 0)
         return raw
 
     def _release(
@@ -280,8 +282,6 @@ class AnswerService:
             elif degenerate(" ".join([*(s.sentence for s in kept), support.sentence])):
                 support = replace(support, supported=False, reason="degenerate_answer")
             checked.append(support)
-        # What the model read, over both tries when it retried (reported to chat clients as `usage`).
-        timings["prompt_tokens"] = timings.get("prompt_tokens", 0.0) + getattr(self.generator, "last_prompt_tokens", 0)
             if support.supported:
                 kept.append(support)
                 self.record_output([support.sentence], passages)  # before it leaves; a failure withholds it
@@ -309,6 +309,7 @@ class AnswerService:
         reading = self.reader.read(question, evidence, limit=SPANS_CONSIDERED)
         timings["read_ms"] = reading.seconds * 1000
         timings["tokens"] = 0.0
+        timings["prompt_tokens"] = float(reading.prompt_tokens)  # the reader's prompt; it generates nothing
         choice = choose(
             reading.spans, reading.texts, reading.baselines, question, passages, evidence,
             min_gain=self.settings.min_answer_gain, min_focus=self.settings.min_answer_focus,
@@ -329,7 +330,6 @@ class AnswerService:
             "source_origin": citation.origin,
             "quotation": {"passage": n, "chunk_sha256": citation.chunk_sha256, "text": text, "span": choice.text},
         }
-        timings["prompt_tokens"] = float(reading.prompt_tokens)  # the reader's prompt; it generates nothing
         if not human:  # signed as partly machine-written: such a quotation must never come back in as `human`
             label["notice"] = (
                 f"A verbatim quotation of the cited source, which its curator signed as {citation.origin!r}; "
