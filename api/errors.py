@@ -46,6 +46,7 @@ SERVER_MESSAGES = {
     "trust_store_invalid": "The trust store failed its checks; the operator has to repair it.",
     "internal_error": "The service failed on this request; the details are in the server log.",
     "warm_up_failed": "The models could not be loaded; the details are in the server log.",
+    "apikeys_invalid": "The API key file failed its checks; the operator has to repair it.",
 }
 HTTP_CODES = {
     400: "bad_request",
@@ -110,7 +111,10 @@ def install(app: FastAPI, redact: Redactor) -> None:
     async def _rag_error(_: Request, exc: RagError) -> JSONResponse:
         if exc.http_status >= 500 and not isinstance(exc, ServiceBusyError | DeadlineExceededError):
             log.error("request failed: %s: %s", exc.code, exc.message)
-        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, ServiceBusyError) else None
+        headers = dict(getattr(exc, "headers", None) or {})  # e.g. WWW-Authenticate on a 401
+        retry_after = getattr(exc, "retry_after_s", None)
+        if isinstance(retry_after, int):  # busy (503), rate_limited (429)
+            headers["Retry-After"] = str(retry_after)
         status, body = public_error(exc, redact)
         return JSONResponse(body, status_code=status, headers=headers)
 

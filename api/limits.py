@@ -3,6 +3,7 @@
 - A body larger than `server.max_body_bytes` gets 413 `request_too_large`: at once when its
   Content-Length says so (the body is never read), else as soon as the bytes received pass the limit
   (chunked uploads), so no more than the limit and one received message is ever held here.
+  A document upload (`POST /v1/documents`) has its own limit, `server.max_upload_bytes`.
 - A client that does not finish sending its body within `server.body_timeout_s` gets 408 `body_timeout`.
 - A request line plus headers over `server.max_incomplete_event_bytes` gets 431 `headers_too_large`. h11
   refuses more only while a request is incomplete: one sent whole in a single read (up to 64 KiB) gets through
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import error_body
 
 RECEIVED_AT = "rag.received_at"
+UPLOAD = ("POST", "/v1/documents")  # the one request whose body may be larger: a document and its manifest
 
 
 class _TooLargeError(Exception):
@@ -36,9 +38,18 @@ class _DisconnectedError(Exception):
 
 
 class RequestLimits:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float, max_header_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        max_header_bytes: int,
+        max_upload_bytes: int | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes or max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.max_header_bytes = max_header_bytes
 
@@ -55,13 +66,14 @@ class RequestLimits:
         if declared == -1:
             await _refuse(scope, receive, send, 400, "invalid_content_length", "The Content-Length header is invalid.")
             return
-        if declared is not None and declared > self.max_body_bytes:
-            await _refuse(scope, receive, send, 413, "request_too_large", self._too_large())
+        limit = self.max_upload_bytes if (scope["method"], scope["path"].rstrip("/")) == UPLOAD else self.max_body_bytes
+        if declared is not None and declared > limit:
+            await _refuse(scope, receive, send, 413, "request_too_large", _too_large(limit))
             return
         try:
-            body = await asyncio.wait_for(self._read(receive), self.body_timeout_s)
+            body = await asyncio.wait_for(self._read(receive, limit), self.body_timeout_s)
         except _TooLargeError:
-            await _refuse(scope, receive, send, 413, "request_too_large", self._too_large())
+            await _refuse(scope, receive, send, 413, "request_too_large", _too_large(limit))
             return
         except TimeoutError:
             message = f"The request body did not arrive within {self.body_timeout_s:g} seconds."
@@ -80,7 +92,7 @@ class RequestLimits:
 
         await self.app(scope, replay, send)
 
-    async def _read(self, receive: Receive) -> bytes:
+    async def _read(self, receive: Receive, limit: int) -> bytes:
         parts: list[bytes] = []
         size = 0
         while True:
@@ -89,14 +101,15 @@ class RequestLimits:
                 raise _DisconnectedError
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 raise _TooLargeError
             parts.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts)
 
-    def _too_large(self) -> str:
-        return f"The request body is larger than the limit of {self.max_body_bytes:,} bytes."
+
+def _too_large(limit: int) -> str:
+    return f"The request body is larger than the limit of {limit:,} bytes."
 
 
 def _header_bytes(scope: Scope) -> int:

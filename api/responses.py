@@ -182,14 +182,46 @@ class DocumentList(_Open):
     count: int
 
 
+class Upload(_Open):
+    status: str = Field(..., description="accepted (201), replaced, skipped_unchanged or skipped_duplicate (200).")
+    doc_id: str
+    document: Document | None = Field(None, description="The stored record, as `GET /v1/documents/{id}` gives it.")
+    duplicate_of: str | None = Field(None, description="skipped_duplicate: the live document with the same text.")
+
+
+class Removal(_Open):
+    status: str = Field(..., description="removed")
+    document: Document = Field(..., description="What was removed (the ledger's `remove` entry records it).")
+
+
+class LedgerPage(_Open):
+    entries: list[dict[str, Any]] = Field(..., description="Ledger entries, oldest first, as stored (hash-chained).")
+    offset: int
+    limit: int
+    total: int
+    head: str = Field(..., description="Hash of the last entry (the corpus version).")
+
+
+class LedgerCheck(_Open):
+    ok: bool
+    entries: int
+    head: str
+    problems: list[str] = Field(..., description="Each problem found (edited, dropped or reordered entries, drift).")
+    store_checked: bool
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for error statuses, all with the one error model."""
     text = {
         400: "The body is not valid JSON (`invalid_json`) or its Content-Length is invalid.",
         404: "No such document (`unknown_document`).",
+        401: "No API key, or one that is not valid or was revoked (`missing_api_key`, `invalid_api_key`, "
+        "`revoked_api_key`).",
+        403: "The API key's role may not do this (`insufficient_role`): reader < curator < admin.",
         408: "The body did not arrive within RAG_SERVER__BODY_TIMEOUT_S (`body_timeout`).",
         413: "The body is larger than RAG_SERVER__MAX_BODY_BYTES (`request_too_large`); it was not read.",
         431: "The request line and headers are too large (`headers_too_large`).",
+        429: "Over the key's rate (RAG_API__RATE_PER_S, RAG_API__RATE_BURST): `rate_limited`, with Retry-After.",
         422: "A field is invalid, missing or unknown (`invalid_request`, `unknown_field`, `empty_question`, "
         "`question_too_long`, `too_many_messages`, `message_too_long`, `invalid_top_k`, `unknown_filter`, "
         "`grounding_required`, ...).",
@@ -202,9 +234,16 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
     if 503 in documented:
         documented[503]["headers"] = BUSY_HEADERS
+    if 429 in documented:
+        documented[429]["headers"] = RETRY_HEADERS
+    if 401 in documented:
+        documented[401]["headers"] = CHALLENGE_HEADERS
     return documented
 
 
 ANY_ERRORS = (400, 408, 413, 431, 500)  # the limits hold on every route, and so may a failure
 BODY_ERRORS = (*ANY_ERRORS, 422, 503, 504)
+AUTH_ERRORS = (401, 403, 429)  # every route that needs a role (api/auth.py)
+RETRY_HEADERS = {"Retry-After": {"description": "Seconds until the key may call again.", "schema": {"type": "integer"}}}
+CHALLENGE_HEADERS = {"WWW-Authenticate": {"description": "`Bearer`.", "schema": {"type": "string"}}}
 BUSY_HEADERS = {"Retry-After": {"description": "Seconds to wait (503 `busy` only).", "schema": {"type": "integer"}}}

@@ -11,9 +11,15 @@ h11 is chosen over httptools for these bounds; the generator, not HTTP parsing, 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
+import socket
 from typing import Any
 
+from rag.errors import InvalidInputError
 from rag.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def guarded_h11_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
@@ -78,10 +84,56 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int, log_le
     )
 
 
+def access(settings: Settings, host: str) -> tuple[bool, str]:
+    """Whether requests without an API key may be served while no key exists, and the line that says so.
+
+    With keys made, every request needs one wherever the server listens. Without any: open on loopback (the
+    two-command demo), and elsewhere only when the operator set RAG_API__ALLOW_ANONYMOUS=true; otherwise
+    refuse to start (`api_keys_required`), since anyone who can reach the port could ask, upload and remove."""
+    from rag.apikeys import ApiKeyStore
+
+    keys = ApiKeyStore(settings.api_keys_path).all_keys()
+    local = is_loopback(host)
+    anonymous = local or settings.api.allow_anonymous
+    if keys:
+        active = sum(key.active for key in keys)
+        return anonymous, f"API keys: required on every request but /healthz and /readyz ({active} active)."
+    if local:
+        return True, (
+            f"API keys: none made, so {host} (loopback) is open to every local user with every role; "
+            "`rag apikeys new NAME --role reader|curator|admin` makes one and closes it."
+        )
+    if settings.api.allow_anonymous:
+        return True, (
+            f"API keys: none made and RAG_API__ALLOW_ANONYMOUS=true: {host} is OPEN to anyone who can reach it, "
+            "with every role (upload, remove, ledger, metrics)."
+        )
+    raise InvalidInputError(
+        f"Not serving on {host} without API keys: anyone who could reach it could upload and remove documents. "
+        "Make a key (`rag apikeys new NAME --role admin`), bind to 127.0.0.1, or set RAG_API__ALLOW_ANONYMOUS=true.",
+        code="api_keys_required",
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` names is a loopback address (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(found) and all(ipaddress.ip_address(str(address).split("%")[0]).is_loopback for address in found)
+
+
 def serve(settings: Settings, *, host: str, port: int) -> None:
-    """Run the API until interrupted."""
+    """Run the API until interrupted (after deciding, and saying, who may use it)."""
     import uvicorn
 
     from api.app import create_app
 
-    uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port)).run()
+    anonymous, line = access(settings, host)
+    log.warning(line)
+    uvicorn.Server(uvicorn_config(create_app(settings, anonymous=anonymous), settings, host=host, port=port)).run()

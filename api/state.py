@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 
@@ -24,7 +24,12 @@ from rag.errors import RagError
 from rag.queueing import GenerationQueue, JobControl
 from rag.settings import Settings
 
+if TYPE_CHECKING:
+    from ingest.decisions import ContentCheck
+    from ingest.pipeline import Ingestor
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ServiceState:
@@ -37,11 +42,25 @@ class ServiceState:
         self.ready = threading.Event()
         self.warm_error: str | None = None  # a stable code; the exception itself goes to the log only
         self.redact = Redactor(settings)
+        self._checks: list[ContentCheck] | None = None
+        self._lock = threading.Lock()
 
     @property
     def model_id(self) -> str:
         """The generator's name as clients see it (no upstream address, no path)."""
         return self.redact(self.service.generator.model_id)
+
+    def ingestor(self) -> Ingestor:
+        """The pipeline `rag ingest` runs, writing into the store this service answers from, with the same
+        content checks (built once; the synthetic-text score reuses the generator's model). The trust files
+        are read afresh for each upload, as each `rag ingest` reads them."""
+        from rag.wiring import build_ingestor, content_checks
+
+        with self._lock:
+            if self._checks is None:
+                self._checks = content_checks(self.settings, self.service.generator)
+        retriever = self.service.retriever
+        return build_ingestor(self.settings, retriever.embedder, store=retriever.store, checks=self._checks)
 
     def warm_up(self) -> None:
         try:
@@ -89,6 +108,13 @@ async def run_job(request: Request, state: ServiceState, job: Callable[[], Answe
     if gone in done:
         raise ClientDisconnectedError("The client disconnected before its answer was ready.")
     raise DeadlineExceededError(SERVER_MESSAGES["deadline_exceeded"])
+
+
+async def run_write(state: ServiceState, job: Callable[[], T]) -> T:
+    """Run a write (an upload, a removal) on the generator queue, so it takes its turn with the models on 2 cores
+    (503 `busy` when full). It is not cancelled when the client leaves or a deadline passes: the ingest lock and
+    the pipeline's ordering make it atomic on disk, and stopping it half-way would only waste the work."""
+    return await asyncio.wrap_future(state.queue.submit(job))
 
 
 def stop(control: JobControl, future: Future[Any]) -> None:

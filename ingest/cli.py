@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -365,27 +364,18 @@ def ledger_verify(
 
     Example: rag ledger verify --expect ~/ledger-head-2025-06-01.json
     """
-    from ingest.commitments import cross_check
+    from ingest.ledger_admin import check
     from ingest.ledger_head import parse_expected_head
+    from rag.wiring import build_store
 
     settings = _settings(ctx)
-    ledger = _ledger(settings)
     expected = parse_expected_head(expect) if expect is not None else None
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with (settings.data_dir / "ingest.lock").open("w") as lock:
-        # An ingest writes chunks before the entry that commits them: look between two ingests, not during one.
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        report = ledger.verify(expect=expected)
-        problems = list(report.problems)
-        if store:
-            from rag.wiring import build_store
-
-            problems.extend(cross_check(ledger.live(), build_store(settings)))
-    if not problems:
+    report = check(settings, _ledger(settings), build_store(settings) if store else None, expected)
+    if report.ok:
         checked = " and store" if store else ""
         console.print(f"[green]ledger{checked} ok[/green]: {report.entries} entries, head {report.head[:16]}")
         return
-    for problem in problems:
+    for problem in report.problems:
         console.print(f"[red]{escape(problem)}[/red]", soft_wrap=True)
     raise typer.Exit(1)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ingest.ledger import Ledger
+from ingest.ledger import GENESIS, Ledger
 from ingest.ledger_head import check_extends, check_signature
 from rag.errors import LedgerError
 from rag.protocols import VectorStore
@@ -84,3 +84,41 @@ def reset(settings: Settings, ledger: Ledger, store: VectorStore) -> ResetReport
             ledger.key.remember(ledger.path, None, None)
     log.warning("reset %s: %d ledger entries and %d chunks deleted", settings.data_dir, entries, len(ids))
     return ResetReport(entries=entries, chunks=len(ids))
+
+
+def ledger_page(ledger: Ledger, offset: int, limit: int) -> tuple[list[dict[str, Any]], int, str]:
+    """Entries `offset` to `offset + limit` (oldest first), how many there are and the last one's hash (the
+    head); one pass over the file."""
+    page: list[dict[str, Any]] = []
+    total, head = 0, GENESIS
+    for n, entry in enumerate(ledger.entries()):
+        if offset <= n < offset + limit:
+            page.append(entry)
+        total, head = n + 1, str(entry.get("hash"))
+    return page, total, head
+
+
+@dataclass
+class Check:
+    """`rag ledger verify`'s outcome: the chain, the signed head, `expect`, and the store against the ledger."""
+
+    ok: bool
+    entries: int
+    head: str
+    problems: list[str]
+    store_checked: bool
+
+
+def check(settings: Settings, ledger: Ledger, store: VectorStore | None, expect: dict[str, Any] | None = None) -> Check:
+    """Verify the ledger and, given a store, that it holds exactly what the ledger's live documents commit.
+
+    Under the ingest lock: an ingest writes chunks before the entry that commits them, so look between two
+    ingests, not during one."""
+    from ingest.commitments import cross_check
+
+    with ingest_lock(settings.data_dir):
+        report = ledger.verify(expect=expect)
+        problems = list(report.problems)
+        if store is not None:
+            problems.extend(cross_check(ledger.live(), store))
+    return Check(not problems, report.entries, report.head, problems, store is not None)

@@ -78,6 +78,7 @@ class AnswerService:
         self.refresh = refresh
         self.record_output = record_output
         self.reader = reader  # extract mode: scores spans with the local model; None with a remote generator
+        self.observers: list[Callable[[Answer], object]] = []  # told of every complete answer
 
     def validate(
         self, question: Any, top_k: Any = None, filters: Any = None, mode: Any = None
@@ -133,7 +134,26 @@ class AnswerService:
         grounded: bool = True,
         mode: AnswerMode | None = None,
     ) -> Iterator[Delta | Answer]:
-        """Checked sentences as `Delta`s as soon as each has passed, then the final `Answer`."""
+        """Checked sentences as `Delta`s as soon as each has passed, then the final `Answer`, which each of
+        `observers` (e.g. the service's metrics) sees first; an observer that fails is logged, never fatal."""
+        for event in self._events(question, top_k=top_k, filters=filters, grounded=grounded, mode=mode):
+            if isinstance(event, Answer):
+                for observe in self.observers:
+                    try:
+                        observe(event)
+                    except Exception:
+                        log.exception("an answer observer failed")
+            yield event
+
+    def _events(
+        self,
+        question: str,
+        *,
+        top_k: int | None = None,
+        filters: dict[str, Any] | None = None,
+        grounded: bool = True,
+        mode: AnswerMode | None = None,
+    ) -> Iterator[Delta | Answer]:
         question, k, filters, answer_mode = self.validate(question, top_k, filters, mode)
         if not grounded and mode is None:
             answer_mode = "free"  # nothing retrieved, nothing to quote: an ungrounded answer is generated
@@ -149,7 +169,6 @@ class AnswerService:
                 )
             generation = self.generator.generate(question, None, mode="free")
             timings.update(generate_ms=generation.seconds * 1000, tokens=generation.tokens)
-            timings["prompt_tokens"] = float(generation.prompt_tokens)  # what the model read (usage)
             timings["total_ms"] = (time.perf_counter() - started) * 1000
             labelled = f"{UNCHECKED_LABEL} {generation.text.strip()}".rstrip()  # the text itself says so
             # Ours unless it quotes the corpus (the registry looks that up) or only repeats the question.
@@ -260,8 +279,6 @@ class AnswerService:
                 buffer = sentences[-1]
         if buffer.strip():
             yield from self._release(question, [buffer.strip()], passages, timings, checked, kept)
-        # What the model read, over both tries when it retried (reported to chat clients as `usage`).
-        timings["prompt_tokens"] = timings.get("prompt_tokens", 0.0) + getattr(self.generator, "last_prompt_tokens", 0)
         return raw
 
     def _release(
@@ -309,7 +326,6 @@ class AnswerService:
         reading = self.reader.read(question, evidence, limit=SPANS_CONSIDERED)
         timings["read_ms"] = reading.seconds * 1000
         timings["tokens"] = 0.0
-        timings["prompt_tokens"] = float(reading.prompt_tokens)  # the reader's prompt; it generates nothing
         choice = choose(
             reading.spans, reading.texts, reading.baselines, question, passages, evidence,
             min_gain=self.settings.min_answer_gain, min_focus=self.settings.min_answer_focus,

@@ -368,8 +368,10 @@ def eval_history(ctx: typer.Context) -> None:
 
 def _register() -> None:
     from ingest.cli import register
+    from rag.apikeys_cli import apikeys_app
 
     register(app)
+    app.add_typer(apikeys_app, name="apikeys")
 
 
 _register()

@@ -74,6 +74,18 @@ class GenerationQueue:
         self.retry_after_s = retry_after_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator")
         self._slots = threading.BoundedSemaphore(capacity)
+        self._held = 0  # slots taken: jobs running or waiting (the metrics' queue depth)
+        self._count = threading.Lock()
+
+    @property
+    def depth(self) -> int:
+        """Jobs running or waiting now."""
+        return self._held
+
+    def _release(self) -> None:
+        with self._count:
+            self._held -= 1
+        self._slots.release()
 
     def submit(self, fn: Callable[[], T], control: JobControl | None = None) -> Future[T]:
         """Queue `fn`; its slot is freed when it ends, or at once when it is cancelled while still waiting."""
@@ -82,12 +94,14 @@ class GenerationQueue:
                 f"The generator is busy ({self.capacity} requests running or waiting); retry shortly.",
                 retry_after_s=self.retry_after_s,
             )
+        with self._count:
+            self._held += 1
         try:
             future = self._executor.submit(_run, fn, control)
         except BaseException:
-            self._slots.release()
+            self._release()
             raise
-        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(lambda _: self._release())
         return future
 
     def shutdown(self) -> None:

@@ -1,15 +1,16 @@
-"""Liveness, readiness and the OpenAI-compatible model list."""
+"""Liveness and readiness (open to all), and the OpenAI-compatible model list (reader role)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from api import responses
+from api.auth import require
 from api.errors import SERVER_MESSAGES, error_body
-from api.responses import ANY_ERRORS
+from api.responses import ANY_ERRORS, AUTH_ERRORS
 from api.state import current
 
 router = APIRouter()
@@ -41,9 +42,13 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "failed", **error_body(state.warm_error, message)}, status_code=503)
 
 
-@router.get("/v1/models", response_model=responses.ModelList, responses=responses.errors(*ANY_ERRORS))
+@router.get(
+    "/v1/models",
+    response_model=responses.ModelList,
+    dependencies=[Depends(require("reader"))],
+    responses=responses.errors(*ANY_ERRORS, *AUTH_ERRORS),
+)
 async def models(request: Request) -> dict[str, Any]:
-    """OpenAI-compatible model list: one model with a short stable id, the generator behind it in other fields."""
-    from api.chat.models import model_card  # the chat format's own module (README, Chat clients)
-
-    return {"object": "list", "data": [model_card(current(request))]}
+    """OpenAI-compatible model list: the one generator behind the service."""
+    model = {"id": current(request).model_id, "object": "model", "created": 0, "owned_by": "provenance-first-rag"}
+    return {"object": "list", "data": [model]}
