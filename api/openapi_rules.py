@@ -24,19 +24,37 @@ def document_rules(schema: dict[str, Any], settings: Settings) -> None:
     question = models.get("AnswerRequest", {}).get("properties", {}).get("question")
     if question is not None:
         question.update(maxLength=settings.answer.max_question_chars, pattern=r"\S")
-    messages = models.get("ChatCompletionRequest", {}).get("properties", {}).get("messages")
+    chat = models.get("ChatCompletionRequest", {}).get("properties", {})
+    messages = chat.get("messages")
     if messages is not None:
         messages["maxItems"] = settings.server.max_messages
+        text = {"type": "string", "pattern": r"\S"}
+        text_part = {
+            "type": "object",
+            "properties": {"type": {"const": "text"}, "text": text},
+            "required": ["type", "text"],
+        }
         messages["contains"] = {  # the question is the last user turn: there must be one with text
             "type": "object",
-            "properties": {"role": {"const": "user"}, "content": {"type": "string", "pattern": r"\S"}},
+            "properties": {
+                "role": {"const": "user"},
+                "content": {"anyOf": [text, {"type": "array", "contains": text_part}]},
+            },
             "required": ["role", "content"],
         }
-    content = models.get("ChatMessage", {}).get("properties", {}).get("content")
-    if content is not None:
+    if "n" in chat:
+        chat["n"].update(minimum=1, maximum=1)
+    schemas = [models.get("ChatMessage", {}).get("properties", {}).get("content"), _part_text(models)]
+    for content in (c for c in schemas if c is not None):
         for option in content.get("anyOf", [content]):
             if option.get("type") == "string":
                 option["maxLength"] = settings.server.max_message_chars
+
+
+def _part_text(models: dict[str, Any]) -> dict[str, Any] | None:
+    """A text part's `text` (the message's limit holds for its parts' text together, so for each one too)."""
+    text: dict[str, Any] | None = models.get("ContentPart", {}).get("properties", {}).get("text")
+    return text
 
 
 def document_stream(schema: dict[str, Any]) -> None:

@@ -27,17 +27,46 @@ class AnswerRequest(BaseModel):
     )
 
 
-# Fields of OpenAI's chat API that this service accepts and ignores (it has no tools, one model, greedy
-# decoding and one choice). Any other unknown field is refused with 422 `unknown_field`: a misspelt
-# `filters` or `answer_mode` silently ignored would give an answer the client did not ask for.
+# Fields of OpenAI's chat API that this service accepts and ignores (it has no tools and decodes greedily).
+# Any other unknown field is refused with 422 `unknown_field`: a misspelt `filters` or `answer_mode` silently
+# ignored would give an answer the client did not ask for.
 IGNORED = "Accepted for OpenAI compatibility and ignored."
+MAX_TOKENS = (
+    "Checked (an integer of 1 or more) and not applied: the generator's length is the server's setting "
+    "(RAG_GENERATOR__MAX_NEW_TOKENS), an extract answer generates nothing, and a sentence cut short would be "
+    "checked as if it were whole."
+)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    include_usage: bool | None = Field(None, description="Send a last chunk with `usage` and no choices.")
+    include_obfuscation: bool | None = Field(None, description=IGNORED)
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content. Text parts are read, joined by newlines; a part of another type (image_url,
+    input_audio, file) in a turn the question is read from is refused with 422 `unsupported_content`."""
+
+    model_config = ConfigDict(extra="allow", strict=True)  # other fields of a part (image_url, cache_control) pass
+
+    type: str = Field(..., description="text; refusal (assistant); image_url, input_audio or file are not read.")
+    text: str | None = Field(None, description="The text of a `text` part.")
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | None = Field(None, description="Text; at most RAG_SERVER__MAX_MESSAGE_CHARS characters.")
+    role: Literal["system", "user", "assistant", "tool", "developer", "function"] = Field(
+        ...,
+        description="The question is read from user turns only. System and developer messages are accepted and never "
+        "reach the reader: they cannot change the answer mode, switch grounding off or add instructions.",
+    )
+    content: str | list[ContentPart] | None = Field(
+        None,
+        description="A string or a list of parts; its text at most RAG_SERVER__MAX_MESSAGE_CHARS characters.",
+    )
     name: Any = Field(None, description=IGNORED)
     tool_calls: Any = Field(None, description=IGNORED)
     tool_call_id: Any = Field(None, description=IGNORED)
@@ -51,20 +80,25 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    model: str | None = None
+    model: str | None = Field(
+        None,
+        description="The id /v1/models lists (RAG_CHAT__MODEL_ID, `provenance-rag`) or the generator's former "
+        "descriptive id; another is refused with 404 `unknown_model`. Absent: the one model.",
+    )
     messages: list[ChatMessage] = Field(
         ..., min_length=1, description="At most RAG_SERVER__MAX_MESSAGES messages (default 64)."
     )
     stream: bool = False
-    max_tokens: int | None = None
+    stream_options: StreamOptions | None = Field(None, description="`include_usage`: a last chunk with `usage`.")
+    max_tokens: int | None = Field(None, ge=1, description=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, description=MAX_TOKENS)
+    n: int | None = Field(None, description="Choices: 1 only (422 `unsupported_n`); every answer is checked once.")
     temperature: float | None = None
     frequency_penalty: Any = Field(None, description=IGNORED)
     presence_penalty: Any = Field(None, description=IGNORED)
     logit_bias: Any = Field(None, description=IGNORED)
     logprobs: Any = Field(None, description=IGNORED)
     top_logprobs: Any = Field(None, description=IGNORED)
-    max_completion_tokens: Any = Field(None, description=IGNORED)
-    n: Any = Field(None, description=IGNORED)
     seed: Any = Field(None, description=IGNORED)
     stop: Any = Field(None, description=IGNORED)
     top_p: Any = Field(None, description=IGNORED)
@@ -75,7 +109,6 @@ class ChatCompletionRequest(BaseModel):
     functions: Any = Field(None, description=IGNORED)
     function_call: Any = Field(None, description=IGNORED)
     response_format: Any = Field(None, description=IGNORED)
-    stream_options: Any = Field(None, description=IGNORED)
     metadata: Any = Field(None, description=IGNORED)
     store: Any = Field(None, description=IGNORED)
     service_tier: Any = Field(None, description=IGNORED)

@@ -12,7 +12,10 @@ versions back and with a baseline (cumulative drift: a slow flood of near copies
 little at a time, each step under the per-version limits). The baseline is a pinned reference version
 (`rag corpus report --pin-baseline` saves the latest one, with its rare words, in the data dir) or else the first
 version. Tail loss is measured against the baseline's rare words: the share of them a version still holds. Only a
-pinned baseline keeps the words of texts removed since (the store no longer has them).
+pinned baseline keeps the words of texts removed since (the store no longer has them). The same goes for the
+embedding space: the baseline's chunk embeddings are grouped into up to CLUSTERS topic clusters (k-means), and
+`topic_clusters_covered` is the share of those clusters a version still has a chunk nearest to; a version that
+lost a whole topic (the tail in meaning, not only in words) shows it even when its words survive elsewhere.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ MATTR_WINDOW = 500
 DISTINCT_WINDOW = 1000
 RARE_MAX = 2  # a word seen at most this often in every text the report can read is in the tail
 SHINGLE = 3
+CLUSTERS = 16  # topic clusters of the baseline (fewer for a small one: at least 4 chunks each)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Version:
     ledger_index: int
     figures: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list, repr=False)  # hashes of its chunks the store still holds
 
 
 def versions_of(entries: Iterable[dict[str, Any]], gap_s: float) -> list[tuple[int, str, dict[str, dict[str, Any]]]]:
@@ -89,6 +94,7 @@ class Baseline:
     figures: dict[str, Any]
     tail: set[str]
     pinned: bool = False
+    centroids: list[list[float]] = field(default_factory=list)  # its topic clusters (unit vectors)
 
     def as_dict(self) -> dict[str, Any]:
         """What `--pin-baseline` saves (and `Baseline.load` reads back)."""
@@ -98,6 +104,7 @@ class Baseline:
             "ledger_index": self.ledger_index,
             "figures": self.figures,
             "tail": sorted(self.tail),
+            "centroids": [[round(x, 5) for x in c] for c in self.centroids],
         }
 
     @classmethod
@@ -109,6 +116,7 @@ class Baseline:
             dict(data["figures"]),
             set(data.get("tail") or []),
             pinned=True,
+            centroids=[[float(x) for x in c] for c in data.get("centroids") or []],
         )
 
 
@@ -129,6 +137,8 @@ def build_report(
     for i, version in enumerate(versions):
         kept = len(base.tail & vocabularies[i]) / len(base.tail) if base and base.tail else None
         version.figures["baseline_tail_kept"] = round(kept, 4) if kept is not None else None
+        covered = _clusters_covered(base.centroids, [chunks[h].embedding for h in version.present]) if base else None
+        version.figures["topic_clusters_covered"] = covered
     for i, version in enumerate(versions):
         if i:
             version.warnings = _warnings(versions[i - 1].figures, version.figures, settings)
@@ -143,6 +153,13 @@ def build_report(
             kept = version.figures["baseline_tail_kept"]
             if kept is not None and kept < 1 - settings.max_tail_loss:
                 version.warnings.append(f"only {kept:.1%} of the baseline's rare words are left {label}: tail loss")
+            covered = version.figures["topic_clusters_covered"]
+            if covered is not None and covered < 1 - settings.max_tail_loss:
+                k = len(base.centroids)
+                version.warnings.append(
+                    f"chunks near only {round(covered * k)} of the baseline's {k} topic clusters are left {label}: "
+                    "whole topics lost"
+                )
     return {
         "human_floor": human_floor,
         "version_gap_s": gap_s,
@@ -174,8 +191,9 @@ def latest_baseline(
     if not states:
         return None
     index, stamp, live = states[-1]
-    figures, _ = _figures(live, chunks, _tail_words(chunks.values()), {}, settings, human_floor)
-    return Baseline(len(states), stamp, index, figures, _rare(live, chunks), pinned=True)
+    figures, _, present = _figures(live, chunks, _tail_words(chunks.values()), {}, settings, human_floor)
+    centroids = topic_centroids([chunks[h].embedding for h in present])
+    return Baseline(len(states), stamp, index, figures, _rare(live, chunks), pinned=True, centroids=centroids)
 
 
 def _versions(
@@ -193,11 +211,12 @@ def _versions(
     vocabularies: list[set[str]] = []
     first: Baseline | None = None
     for number, (index, stamp, live) in enumerate(states, start=1):
-        figures, vocabulary = _figures(live, chunks, tail, signatures, settings, human_floor)
-        versions.append(Version(number, stamp, index, figures))
+        figures, vocabulary, present = _figures(live, chunks, tail, signatures, settings, human_floor)
+        versions.append(Version(number, stamp, index, figures, present=present))
         vocabularies.append(vocabulary)
         if first is None:
-            first = Baseline(number, stamp, index, dict(figures), _rare(live, chunks))
+            centroids = topic_centroids([chunks[h].embedding for h in present])
+            first = Baseline(number, stamp, index, dict(figures), _rare(live, chunks), centroids=centroids)
     return versions, vocabularies, first
 
 
@@ -208,8 +227,8 @@ def _figures(
     signatures: dict[str, Any],
     settings: CorpusReportSettings,
     human_floor: float,
-) -> tuple[dict[str, Any], set[str]]:
-    """A version's figures, and the set of words its readable chunks hold."""
+) -> tuple[dict[str, Any], set[str], list[str]]:
+    """A version's figures, the set of words its readable chunks hold, and those chunks' hashes."""
     docs = list(live.values())
     chars = sum(int(e.get("chars", 0)) for e in docs)
     human = sum(int(e.get("chars", 0)) for e in docs if e.get("origin") == "human")
@@ -239,7 +258,7 @@ def _figures(
         "tail_coverage": round(len(tail & vocabulary) / len(tail), 4) if tail else None,
         "synthetic": _synthetic(docs),
     }
-    return figures, vocabulary
+    return figures, vocabulary, present
 
 
 def _warnings(before: dict[str, Any], after: dict[str, Any], settings: CorpusReportSettings) -> list[str]:
@@ -364,6 +383,38 @@ def _spread(embeddings: list[list[float] | None]) -> float | None:
     centroid = matrix.mean(axis=0)
     centroid /= np.linalg.norm(centroid) + 1e-12
     return round(float(np.mean(1.0 - matrix @ centroid)), 4)
+
+
+def _unit(embeddings: Iterable[list[float] | None]) -> np.ndarray:
+    vectors = [e for e in embeddings if e is not None]
+    matrix = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
+    return matrix / (np.linalg.norm(matrix, axis=1, keepdims=True) + 1e-12)
+
+
+def topic_centroids(embeddings: list[list[float] | None], clusters: int = CLUSTERS) -> list[list[float]]:
+    """Up to `clusters` topic clusters of a version's chunks (k-means on unit vectors, seeded: the same corpus
+    gives the same clusters), at least 4 chunks a cluster; none for fewer than 8 chunks."""
+    matrix = _unit(embeddings)
+    k = min(clusters, len(matrix) // 4)
+    if k < 2:
+        return []
+    from sklearn.cluster import KMeans
+
+    centres = KMeans(n_clusters=k, n_init=4, random_state=0).fit(matrix).cluster_centers_
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True) + 1e-12
+    return [[float(x) for x in c] for c in centres]
+
+
+def _clusters_covered(centroids: list[list[float]], embeddings: list[list[float] | None]) -> float | None:
+    """The share of the baseline's topic clusters that some chunk of this version is nearest to."""
+    matrix = _unit(embeddings)
+    if not centroids or not len(matrix):
+        return None if not centroids else 0.0
+    centres = np.asarray(centroids, dtype=np.float64)
+    if centres.shape[1] != matrix.shape[1]:
+        return None  # another embedder's vectors: not comparable
+    nearest = np.argmax(matrix @ centres.T, axis=1)
+    return round(len(set(nearest.tolist())) / len(centres), 4)
 
 
 def _tail_words(chunks: Iterable[ChunkText]) -> set[str]:

@@ -33,6 +33,7 @@ PLOTTED = [
     ("embedding_spread", "embedding spread (mean cosine distance to centroid)"),
     ("tail_coverage", "tail coverage (rare words kept)"),
     ("baseline_tail_kept", "baseline's rare words kept"),
+    ("topic_clusters_covered", "baseline's topic clusters covered (k-means)"),
     ("text_coverage", "chunks whose text the store still holds"),
 ]
 

@@ -87,7 +87,7 @@ def test_health_and_readiness(client: TestClient) -> None:
 
 
 def test_chat_completion_shape(client: TestClient) -> None:
-    body = {"model": "x", "messages": [{"role": "user", "content": QUESTION}]}
+    body = {"model": "provenance-rag", "messages": [{"role": "user", "content": QUESTION}]}
     response = client.post("/v1/chat/completions", json=body)
     assert response.status_code == 200
     data = response.json()

@@ -26,7 +26,7 @@ UPSTREAM = "http://llm.internal.example:8000/v1"
 
 
 def chat(content: str = QUESTION, **extra: object) -> dict[str, object]:
-    return {"model": "x", "messages": [{"role": "user", "content": content}], **extra}
+    return {"model": "provenance-rag", "messages": [{"role": "user", "content": content}], **extra}
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_openai_fields_are_ignored_and_unknown_ones_refused(app_client: TestClie
     openai_extras = {
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
         "tool_choice": "auto",
-        "n": 2,
+        "n": 1,  # more choices are refused (tests/test_chat_clients.py)
         "user": "u-1",
         "stream_options": {"include_usage": True},
         "response_format": {"type": "text"},
@@ -123,13 +123,14 @@ def test_the_openai_client_with_its_own_options_is_served(app_client: TestClient
         "metadata": {"k": "v"},
     }
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}]
-    completion = client.chat.completions.create(model="default", messages=messages, **options)  # type: ignore[call-overload]
+    completion = client.chat.completions.create(model="provenance-rag", messages=messages, **options)  # type: ignore[call-overload]
     assert (completion.choices[0].message.content or "").startswith("When it is executed")
     streamed = client.chat.completions.create(
-        model="default", messages=messages, stream=True, stream_options={"include_usage": True}, **options
+        model="provenance-rag", messages=messages, stream=True, stream_options={"include_usage": True}, **options
     )  # type: ignore[call-overload]
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices).startswith("When it is")
-    assert client.models.list().data[0].id == "fake-generator"
+    (model,) = client.models.list().data
+    assert model.id == "provenance-rag" and (model.model_extra or {})["generator"] == "fake-generator"
 
 
 def test_every_error_has_the_one_shape(app_client: TestClient) -> None:
@@ -182,7 +183,7 @@ def test_no_upstream_address_in_any_response(settings: Settings, store: InMemory
         assert b"generator_failed" in texts[-1]
     else:
         assert answer.json()["label"]["generator"] == "openai-compatible:m@[generator server]"  # type: ignore[union-attr]
-        assert seen[0].json()["data"][0]["id"] == "openai-compatible:m@[generator server]"  # type: ignore[union-attr]
+        assert seen[0].json()["data"][0]["generator"] == "openai-compatible:m@[generator server]"  # type: ignore[union-attr]
 
 
 class BrokenWarmUp(FakeGenerator):

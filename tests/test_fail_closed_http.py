@@ -44,7 +44,7 @@ def serve(settings: Settings, store: InMemoryStore, generator: FakeGenerator, **
 
 
 def chat_body(stream: bool, **extra: object) -> dict[str, Any]:
-    return {"model": "x", "messages": [{"role": "user", "content": QUESTION}], "stream": stream, **extra}
+    return {"model": "provenance-rag", "messages": [{"role": "user", "content": QUESTION}], "stream": stream, **extra}
 
 
 def every_response(client: TestClient, **extra: object) -> Iterator[tuple[str, str]]:

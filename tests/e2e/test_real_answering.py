@@ -111,13 +111,13 @@ def test_openai_client_round_trip(world: tuple[Settings, AnswerService, Curator]
         client = OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http)
         question = "What happens when a break statement runs inside a loop?"
         messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": question}]
-        completion = client.chat.completions.create(model="default", messages=messages)
+        completion = client.chat.completions.create(model="provenance-rag", messages=messages)
         text = completion.choices[0].message.content or ""
         assert "terminates" in text
         extra = completion.model_extra or {}
         assert extra["rag"]["citations"][0]["doc_id"] in ("break.md", "while.md", "compound.md")
         assert extra["rag"]["label"]["ai_generated"] is (extra["rag"]["answer_mode"] != "extract")
-        streamed = client.chat.completions.create(model="default", messages=messages, stream=True)
+        streamed = client.chat.completions.create(model="provenance-rag", messages=messages, stream=True)
         parts = [chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices]
         assert "".join(parts) == text
 

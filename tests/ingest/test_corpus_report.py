@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from typer.testing import CliRunner
 
 from ingest.corpus_report import Baseline, ChunkText, build_report, latest_baseline, versions_of
@@ -200,3 +201,31 @@ def test_cli_pins_a_baseline_and_compares_with_it(settings: Settings, corpus: Pa
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["baseline"] == {**json.loads(out.output)["baseline"], "pinned": True, "version": 1}
     assert json.loads((settings.data_dir / "corpus_baseline.json").read_text())["tail"]
+
+
+def test_a_lost_topic_shows_in_the_embedding_space_against_a_pinned_baseline() -> None:
+    """Four topics, each a tight group of chunks in its own direction; one topic removed: the version covers
+    fewer of the baseline's topic clusters and warns, though a steady corpus covers them all."""
+    rng = np.random.default_rng(0)
+    directions = np.eye(32)[:4]
+    corpus = Corpus()
+    docs = {f"topic{t}-{n}.md": [f"{TOPICS[t]} {n} " + pydoc_text(TOPICS[t])[:400]] for t in range(4) for n in range(8)}
+    corpus.run(docs)
+    for entry in corpus.entries:
+        topic = int(entry["doc_id"][5])
+        for digest in entry["chunk_sha256"]:
+            vector = directions[topic] + 0.05 * rng.standard_normal(32)
+            corpus.chunks[digest] = ChunkText(corpus.chunks[digest].text, [float(x) for x in vector])
+    baseline = latest_baseline(corpus.entries, corpus.chunks, CorpusReportSettings(), human_floor=0.9)
+    assert baseline is not None and len(baseline.centroids) == 8
+    pinned = Baseline.load(json.loads(json.dumps(baseline.as_dict())))
+    steady = build_report(corpus.entries, corpus.chunks, CorpusReportSettings(), human_floor=0.9, baseline=pinned)
+    assert steady["versions"][-1]["topic_clusters_covered"] == 1.0 and not steady["warnings"]
+
+    corpus.run({}, remove=tuple(f"topic3-{n}.md" for n in range(8)))
+    gone = {h for e in corpus.entries if e["doc_id"].startswith("topic3") for h in e.get("chunk_sha256", [])}
+    held = {h: c for h, c in corpus.chunks.items() if h not in gone}
+    report = build_report(corpus.entries, held, CorpusReportSettings(), human_floor=0.9, baseline=pinned)
+    covered = report["versions"][-1]["topic_clusters_covered"]
+    assert covered is not None and covered <= 0.875
+    assert any("topic clusters" in w and "whole topics lost" in w for w in report["versions"][-1]["warnings"])
