@@ -233,6 +233,7 @@
   async function showProvenance(button, panel, docId) {
     const open = button.getAttribute("aria-expanded") === "true";
     button.setAttribute("aria-expanded", String(!open));
+    button.textContent = open ? "Show the provenance record" : "Hide the provenance record";
     panel.hidden = open;
     if (open || panel.dataset.loaded) return;
     panel.textContent = "Loading the provenance record…";
