@@ -28,6 +28,7 @@ from api.openapi_rules import document_rules, document_stream
 from api.routes import answers, chat, documents, health, ledger
 from api.routes.chat import conversation_query
 from api.state import ServiceState
+from api.web import page
 from rag.answering import AnswerService
 from rag.settings import Settings
 
@@ -81,7 +82,7 @@ def create_app(
     auth.install(app, settings, anonymous=anonymous)  # CORS, when origins are listed, wraps the limits
     app.add_middleware(RequestMetrics, metrics=metrics, routes=lambda: app.routes)  # outermost: sees every refusal
     install(app, Redactor(settings))
-    for module in (health, documents, ledger):  # each of their routes states the role it needs, if any
+    for module in (health, documents, page, ledger):  # each of their routes states the role it needs, if any
         app.include_router(module.router)
     app.include_router(metrics_router)
     reader = [Depends(auth.require("reader"))]

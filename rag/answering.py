@@ -169,6 +169,7 @@ class AnswerService:
                 )
             generation = self.generator.generate(question, None, mode="free")
             timings.update(generate_ms=generation.seconds * 1000, tokens=generation.tokens)
+            timings["prompt_tokens"] = float(generation.prompt_tokens)  # what the model read (usage)
             timings["total_ms"] = (time.perf_counter() - started) * 1000
             labelled = f"{UNCHECKED_LABEL} {generation.text.strip()}".rstrip()  # the text itself says so
             # Ours unless it quotes the corpus (the registry looks that up) or only repeats the question.
@@ -279,6 +280,8 @@ class AnswerService:
                 buffer = sentences[-1]
         if buffer.strip():
             yield from self._release(question, [buffer.strip()], passages, timings, checked, kept)
+        # What the model read, over both tries when it retried (reported to chat clients as `usage`).
+        timings["prompt_tokens"] = timings.get("prompt_tokens", 0.0) + getattr(self.generator, "last_prompt_tokens", 0)
         return raw
 
     def _release(
@@ -326,6 +329,7 @@ class AnswerService:
         reading = self.reader.read(question, evidence, limit=SPANS_CONSIDERED)
         timings["read_ms"] = reading.seconds * 1000
         timings["tokens"] = 0.0
+        timings["prompt_tokens"] = float(reading.prompt_tokens)  # the reader's prompt; it generates nothing
         choice = choose(
             reading.spans, reading.texts, reading.baselines, question, passages, evidence,
             min_gain=self.settings.min_answer_gain, min_focus=self.settings.min_answer_focus,

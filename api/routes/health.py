@@ -49,6 +49,7 @@ async def readyz(request: Request) -> JSONResponse:
     responses=responses.errors(*ANY_ERRORS, *AUTH_ERRORS),
 )
 async def models(request: Request) -> dict[str, Any]:
-    """OpenAI-compatible model list: the one generator behind the service."""
-    model = {"id": current(request).model_id, "object": "model", "created": 0, "owned_by": "provenance-first-rag"}
-    return {"object": "list", "data": [model]}
+    """OpenAI-compatible model list: one model with a short stable id, the generator behind it in other fields."""
+    from api.chat.models import model_card  # the chat format's own module (README, Chat clients)
+
+    return {"object": "list", "data": [model_card(current(request))]}
