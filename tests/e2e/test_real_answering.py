@@ -122,6 +122,61 @@ def test_openai_client_round_trip(world: tuple[Settings, AnswerService, Curator]
         assert "".join(parts) == text
 
 
+def test_a_chat_client_sending_content_parts_gets_a_checked_cited_answer_with_its_sources(
+    world: tuple[Settings, AnswerService, Curator],
+) -> None:
+    """Issue 18: the official `openai` client against a real server, the question in text parts, the real reader.
+    The text itself carries the answer, the [n] of each citation and a sources block that names and links each
+    cited document; streamed, the same text arrives, the block after the last checked sentence."""
+    from urllib.parse import quote
+
+    import httpx
+    from openai import OpenAI
+
+    from tests.api_server import live_server
+
+    settings, service, _ = world
+    parts = [
+        {"type": "text", "text": "What does the pass statement do"},
+        {"type": "text", "text": "when it is executed?"},
+    ]
+    messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": parts}]
+    deadline, settings.answer.deadline_s = settings.answer.deadline_s, 300.0  # a shared, busy CPU reads slowly
+    try:
+        with live_server(create_app(settings, service), settings) as url:
+            client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+            completion = client.chat.completions.create(model="provenance-rag", messages=messages)  # type: ignore[arg-type]
+            stream = client.chat.completions.create(
+                model="provenance-rag",
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},  # type: ignore[arg-type]
+            )
+            chunks = list(stream)
+            text = completion.choices[0].message.content or ""
+            rag = (completion.model_extra or {})["rag"]
+            links = re.findall(r"<(http://127\.0\.0\.1:\d+/v1/documents/[^>]+)>", text)
+            documents = [httpx.get(link, timeout=30) for link in links]
+    finally:
+        settings.answer.deadline_s = deadline
+    assert not rag["abstained"] and "pass.md" in {c["doc_id"] for c in rag["citations"]}, text
+    answer, _, block = text.partition("\n\n**Sources**\n\n")
+    assert any(fact in answer.lower() for fact in ("nothing happens", "null operation", "placeholder")), text
+    for citation in rag["citations"]:
+        assert f"[{citation['n']}]" in answer
+        link = f"<{url}/v1/documents/{quote(citation['doc_id'], safe='/')}>, signed by {citation['signer_name']}"
+        assert f"- [{citation['n']}] " in block and link in block and f"licence {citation['license']}." in block
+    if rag["answer_mode"] == "extract":  # a quotation, labelled as one, that reads word for word in its source
+        assert "a quotation of the signed human-written source" in block and "AI-generated" not in block
+        unmarked = re.sub(r"\s*\[\d+\]", "", answer)  # the [n] marks are ours
+        assert " ".join(rag["label"]["quotation"]["text"].split()) in " ".join(unmarked.split())
+    else:
+        assert "AI-generated from the signed sources above" in block
+    assert links and all(d.status_code == 200 for d in documents)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens > 0
+
+
 def test_loop_guard_refuses_our_own_answers_signed_as_human(
     world: tuple[Settings, AnswerService, Curator], tmp_path: Path
 ) -> None:
