@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -34,6 +36,7 @@ from tests.fakes import FakeEmbedder, FakeGenerator, InMemoryStore
 from tests.test_answering import QUESTION, TRUE_SENTENCE, make_service
 
 SLUG = "provenance-rag"
+README = Path(__file__).resolve().parents[1] / "README.md"
 SOURCE_LINE = re.compile(
     r"^- \[(\d+)\] pass, <(http://127\.0\.0\.1:\d+)/v1/documents/pass\.md>, "
     r"signed by test-curator, licence PSF-2\.0\.$",
@@ -397,3 +400,27 @@ def test_housekeeping_is_answered_while_the_generator_is_busy_and_the_queue_full
     assert busy.status_code == 503 and busy.json()["error"]["code"] == "busy"
     assert [r.status_code for r in replies] == [200] * 5 and elapsed < 5
     assert len(generator.calls) == 1  # only the question that held the slot
+
+
+# --- the README's recipes, as written ------------------------------------------------------------------------------
+
+
+def recipe(heading: str, language: str) -> str:
+    """The first `language` code block under `heading` in the README."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index(heading) :]
+    start = section.index(f"```{language}\n") + len(language) + 4
+    return section[start : section.index("```", start)]
+
+
+def test_the_readme_recipes_work_as_written(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = recipe("### The `openai` Python client", "python").replace("http://127.0.0.1:8000", server)
+    exec(compile(code, "README.md", "exec"), {})  # the recipe as a reader would paste it
+    out = capsys.readouterr().out
+    assert out.count("**Sources**") == 2 and "When it is executed, nothing happens [" in out and "pass.md" in out
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    script = recipe("### curl", "bash").replace("http://127.0.0.1:8000", server)
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "**Sources**" in run.stdout and '"usage"' in run.stdout and run.stdout.rstrip().endswith("data: [DONE]")
