@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -89,7 +90,9 @@ def ask(driver: WebDriver, question: str, mode: str | None = None) -> WebElement
     return turn.find_element(By.CSS_SELECTOR, "article")
 
 
-def screenshot(driver: WebDriver, name: str, element: WebElement | None = None) -> None:
+def screenshot(
+    driver: WebDriver, name: str, element: WebElement | None = None, hover: WebElement | None = None
+) -> None:
     """Saved under RAG_CHAT_SCREENSHOTS, if set, with `element` scrolled to the top of the window."""
     if not SCREENSHOTS:
         return
@@ -98,6 +101,8 @@ def screenshot(driver: WebDriver, name: str, element: WebElement | None = None) 
         driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", element)
     else:
         driver.execute_script("window.scrollTo(0, 0)")
+    if hover is not None:
+        ActionChains(driver).move_to_element(hover).perform()
     driver.save_screenshot(str(Path(SCREENSHOTS) / f"{name}.png"))
 
 
@@ -184,7 +189,11 @@ def test_an_in_scope_question_shows_the_answer_its_source_card_and_the_label(
     panel = card.find_element(By.CSS_SELECTOR, ".provenance")
     wait_for(page, lambda _: "Ledger entry" in panel.text, 20)
     assert "Python documentation authors" in panel.text
-    screenshot(page, "answer", answer.find_element(By.XPATH, ".."))
+    hover_box = "return getComputedStyle(arguments[0], '::after').content"
+    assert page.execute_script(hover_box, chunk_hash) == "none"
+    ActionChains(page).move_to_element(chunk_hash).perform()
+    assert page.execute_script(hover_box, chunk_hash) == f'"{full}"'  # the whole hash shows on hover
+    screenshot(page, "answer", answer.find_element(By.XPATH, ".."), hover=chunk_hash)
 
 
 def test_an_out_of_scope_question_shows_an_abstention_in_plain_words(page: WebDriver) -> None:
