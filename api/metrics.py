@@ -167,8 +167,19 @@ class RequestMetrics:
         """The matched route's template (`/v1/documents/{doc_id}`), so raw paths never become labels."""
         route = scope.get("route")
         if route is None:  # refused before routing (413, 431...): match it here
-            route = next((r for r in self.routes() if r.matches(scope)[0] is not Match.NONE), None)
+            route = next((r for r in _flat(self.routes()) if r.matches(scope)[0] is Match.FULL), None)
         return str(getattr(route, "path", None) or "unmatched")
+
+
+def _flat(routes: list[Any]) -> Iterator[Any]:
+    """Every route, those of included routers too (FastAPI 0.165 keeps an included router as one entry that
+    holds it: `original_router`)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flat(inner.routes)
+        else:
+            yield route
 
 
 router = APIRouter()

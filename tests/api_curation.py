@@ -3,6 +3,7 @@ a signed corpus was ingested into, and helpers that sign documents and upload th
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 from api.app import create_app
 from ingest.pipeline import Ingestor
 from rag.settings import Settings
+from rag.types import AnswerMode
 from rag.wiring import build_answer_service, build_store
 from tests.conftest import Curator, pydoc_text
 from tests.fakes import FakeEmbedder, FakeGenerator
@@ -21,6 +23,24 @@ WHILE_SENTENCE = "The while statement is used for repeated execution as long as 
 WHILE_QUESTION = "What is the while statement used for?"
 
 
+class CountingGenerator(FakeGenerator):
+    """The scripted answer, reporting how many tokens (words) it generated, as the local generator does."""
+
+    last_tokens = 0
+
+    def stream(
+        self,
+        question: str,
+        passages: Sequence[str] | None,
+        *,
+        mode: AnswerMode = "free",
+        max_new_tokens: int | None = None,
+    ) -> Iterator[str]:
+        words = list(super().stream(question, passages, mode=mode, max_new_tokens=max_new_tokens))
+        self.last_tokens = len(words)
+        yield from words
+
+
 def curation_app(settings: Settings, corpus: Path, *, anonymous: bool = True) -> FastAPI:
     """The app `rag serve` builds, over real Chroma holding the signed corpus; the generator always says
     WHILE_SENTENCE, which the groundedness check releases only when a passage supports it."""
@@ -28,7 +48,7 @@ def curation_app(settings: Settings, corpus: Path, *, anonymous: bool = True) ->
     settings.watermark.detect = False  # the watermark check loads two models' tokenizers; its own tests cover it
     settings.server.max_upload_bytes = 64 * 1024
     Ingestor(settings, build_store(settings), FakeEmbedder()).ingest([corpus])
-    service = build_answer_service(settings, embedder=FakeEmbedder(), generator=FakeGenerator(WHILE_SENTENCE))
+    service = build_answer_service(settings, embedder=FakeEmbedder(), generator=CountingGenerator(WHILE_SENTENCE))
     return create_app(settings, service, anonymous=anonymous)
 
 
