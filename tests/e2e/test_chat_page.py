@@ -3,7 +3,7 @@
 The first tests use the real default answering service (MiniLM, Gemma 3 270M, extract mode) over a small
 signed corpus, and assert what a person sees: the answer, a citation card with its signer and the chunk
 hash the ledger commits, the AI label, an abstention in plain words, a phone-width layout. The last ones
-use the fake generator to check what needs no model: text shown as text, the token and the 401/403 messages.
+use the fake generator to check what needs no model: text shown as text, the API token and the 401 messages.
 
 `RAG_CHAT_SCREENSHOTS=DIR` saves a screenshot of each state there (README "Chat page" shows them).
 """
@@ -26,11 +26,10 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.app import create_app
 from ingest.ledger import Ledger
+from rag.apikeys import ApiKeyStore
 from rag.settings import Settings
 from rag.wiring import build_answer_service, build_embedder, build_ingestor
 from tests.api_server import live_server, serving_app
@@ -306,54 +305,41 @@ HOSTILE_TEXT = "# Markup\n\nThe <b>bold</b> markup <img src=x onerror=alert(1)> 
 HOSTILE_ANSWER = "The bold markup is shown as text, never run."
 
 
-class BearerGate:
-    """Stands in for the API keys of issue 13 part 3: /v1/ wants `Bearer reader` (401 without, 403 otherwise)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = str(scope.get("path", ""))
-        headers = dict(scope.get("headers") or [])
-        token = headers.get(b"authorization", b"").decode()
-        if scope["type"] == "http" and path.startswith("/v1/") and token != "Bearer reader":
-            status, code = (403, "forbidden") if token else (401, "unauthorized")
-            body = {"error": {"code": code, "message": f"Test gate: {code}."}}
-            await JSONResponse(body, status_code=status)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
 @pytest.fixture
-def fake_site(settings: Settings, curator: Curator, tmp_path: Path) -> Iterator[str]:
+def fake_site(settings: Settings, curator: Curator, tmp_path: Path) -> Iterator[tuple[str, str]]:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "pass.md").write_text(pydoc_text("pass"), encoding="utf-8")
     curator.sign(corpus / "pass.md", title="pass")
     (corpus / "markup.md").write_text(HOSTILE_TEXT, encoding="utf-8")
     curator.sign(corpus / "markup.md", title=HOSTILE_TITLE)
+    _, token = ApiKeyStore(settings.api_keys_path).new("page-reader", "reader")  # once a key exists, all need one
     app = serving_app(settings, corpus, FakeGenerator(HOSTILE_ANSWER))
-    app.add_middleware(BearerGate)
     with live_server(app, settings) as url:
-        yield url
+        yield url, token
 
 
-def test_text_from_documents_is_shown_as_text_and_the_token_opens_the_api(fake_site: str) -> None:
+def test_text_from_documents_is_shown_as_text_and_the_token_opens_the_api(fake_site: tuple[str, str]) -> None:
+    """With an API key made, the page asks for a token, says so when one is missing or wrong, and with a
+    reader's token shows the answer; markup in a signed document's title and text stays text."""
+    url, token = fake_site
     driver = chromium()
     try:
-        driver.get(fake_site + "/")
+        driver.get(url + "/")
         status = driver.find_element(By.ID, "status")
         wait_for(driver, lambda _: "Ready." in status.text, 20)
-        assert "API token" in status.text  # /v1/documents said 401: the page says what to do
+        assert "asks for an API token" in status.text  # /v1/documents said 401: the page says what to do
         refused = ask(driver, "What is shown as text?", mode="free")
         alert = refused.find_element(By.CSS_SELECTOR, "[role=alert]")
-        assert "The server asks for an API token" in alert.text and "unauthorized" in alert.text
+        assert "The server asks for an API token" in alert.text and "missing_api_key" in alert.text
         driver.find_element(By.CSS_SELECTOR, "#access summary").click()
-        driver.find_element(By.ID, "token").send_keys("someone-else\n")
-        forbidden = ask(driver, "What is shown as text?")
-        assert "its role is not allowed" in forbidden.find_element(By.CSS_SELECTOR, "[role=alert]").text
-        driver.find_element(By.ID, "token").send_keys("reader\n")
+        driver.find_element(By.ID, "token").send_keys("rag_not-a-token", Keys.ENTER)
+        wrong = ask(driver, "What is shown as text?").find_element(By.CSS_SELECTOR, "[role=alert]")
+        assert "did not accept this tab's API token" in wrong.text and "invalid_api_key" in wrong.text
+        driver.find_element(By.ID, "token").send_keys(token, Keys.ENTER)
         assert driver.find_element(By.ID, "token-state").text == "(set for this tab)"
+        assert driver.execute_script("return sessionStorage.getItem('rag.apiToken')") == token
+        wait_for(driver, lambda _: "signed documents" in status.text, 20)
         answer = ask(driver, "What markup is shown as text?")
         assert answer.find_element(By.CSS_SELECTOR, ".answer-text").text.startswith(HOSTILE_ANSWER[:-1])
         card = answer.find_element(By.CSS_SELECTOR, ".card")
@@ -363,7 +349,10 @@ def test_text_from_documents_is_shown_as_text_and_the_token_opens_the_api(fake_s
         assert driver.title == "Ask the verified knowledge base"  # no handler ran
         assert label_value(answer, "Answer mode") == "free" and label_value(answer, "AI-generated") == "yes"
         assert label_value(answer, "Watermark").startswith("kgw-lefthash-1")
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert all("401" in e["message"] or "403" in e["message"] for e in errors), errors  # no CSP violation
+        card.find_element(By.CSS_SELECTOR, "button[aria-controls]").click()  # the record, fetched with the token
+        panel = card.find_element(By.CSS_SELECTOR, ".provenance")
+        wait_for(driver, lambda _: "Ledger entry" in panel.text, 20)
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert all(" 401 " in e for e in errors), errors  # the refused requests only: no CSP violation
     finally:
         driver.quit()

@@ -130,7 +130,9 @@
       case 0:
         return "The service could not be reached. Is the server still running?";
       case 401:
-        return "The server asks for an API token. Enter one under “API token” at the top of the page.";
+        return token()
+          ? "The server did not accept this tab's API token (unknown or revoked). Enter another under “API token” at the top of the page."
+          : "The server asks for an API token. Enter one under “API token” at the top of the page.";
       case 403:
         return "Your API token is valid, but its role is not allowed to do this. Ask the operator for a token with the right role.";
       case 429:
