@@ -177,7 +177,14 @@ def test_unknown_options_missing_values_and_wrong_types(path: tuple[str, ...]) -
 # --- hostile arguments, command by command ------------------------------------------------------------------
 
 SIGN = ["--key", "{key}", "--author", "A", "--license", "PSF-2.0", "--origin", "human"]
-TAKES_NOTHING = {("documents",), ("eval", "history"), ("ledger", "head"), ("registry", "pin"), ("registry", "status")}
+TAKES_NOTHING = {
+    ("apikeys", "list"),
+    ("documents",),
+    ("eval", "history"),
+    ("ledger", "head"),
+    ("registry", "pin"),
+    ("registry", "status"),
+}
 # (arguments, exit code, reason code or None); "{name}" is a path from the `paths` fixture.
 HOSTILE: dict[tuple[str, ...], list[tuple[list[str], int, str | None]]] = {
     ("serve",): [
@@ -185,7 +192,15 @@ HOSTILE: dict[tuple[str, ...], list[tuple[list[str], int, str | None]]] = {
         (["--port", "70000"], 2, "invalid_argument"),
         (["--port", HUGE], 2, "invalid_argument"),
         (["--port", f"-{HUGE}"], 2, "invalid_argument"),
+        (["--host", "0.0.0.0", "--port", "8999"], 2, "api_keys_required"),  # no keys: refused before it starts
     ],
+    ("apikeys", "new"): [
+        (["../x", "--role", "reader"], 2, "invalid_key_name"),
+        ([LONG, "--role", "reader"], 2, "invalid_key_name"),
+        (["ok\n", "--role", "reader"], 2, "invalid_key_name"),
+        (["ok", "--role", "root"], 2, "invalid_role"),
+    ],
+    ("apikeys", "revoke"): [(["nobody"], 2, "unknown_api_key"), ([LONG], 2, "unknown_api_key")],
     ("ask",): [
         ([""], 2, "empty_question"),
         (["   \n\t"], 2, "empty_question"),
