@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from rag.apikeys import ApiKeyStore
 from rag.settings import Settings
 from tests.api_server import live_server, serving_app
 from tests.fakes import FakeGenerator
@@ -35,25 +36,33 @@ CHECKS = (
     "response_schema_conformance",
     "negative_data_rejection",
     "unsupported_method",
+    "ignored_auth",
 )
 
 
 @pytest.fixture
-def api_url(settings: Settings, corpus: Path) -> Iterator[str]:
+def api_url(settings: Settings, corpus: Path) -> Iterator[tuple[str, str]]:
+    """The server's URL and an admin key: with a key made, the schema's Bearer requirement holds (an open
+    server would accept requests the schema calls invalid), and schemathesis checks it is enforced."""
     settings.server.max_body_bytes = 64 * 1024  # small limits, so that generated bodies can cross them
     settings.server.max_messages = 8
+    settings.api.rate_per_s = 0  # hundreds of requests from one address: the rate limit has its own tests
     settings.server.max_message_chars = 2000
     generator = FakeGenerator(f"{TRUE_SENTENCE} It was invented in 1066.")
+    token = ApiKeyStore(settings.api_keys_path).new("fuzzer", "admin")[1]
     with live_server(serving_app(settings, corpus, generator), settings) as url:
-        yield url
+        yield url, token
 
 
-def test_every_operation_keeps_its_contract(api_url: str, tmp_path: Path) -> None:
+def test_every_operation_keeps_its_contract(api_url: tuple[str, str], tmp_path: Path) -> None:
     report = tmp_path / "report.json"
+    url, token = api_url
     command = [
         str(Path(sys.executable).parent / "schemathesis"),
         "run",
-        f"{api_url}/openapi.json",
+        f"{url}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {token}",
         "--checks",
         ",".join(CHECKS),
         "--phases",
