@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +58,26 @@ ANSWER_TIMEOUT_S = 120
 SCREENSHOTS = os.environ.get("RAG_CHAT_SCREENSHOTS")
 
 
-def chromium(width: int = 1200, height: int = 1600) -> WebDriver:
-    """A fresh headless Chromium, offline as far as its flags allow; fails in CI when it is not installed."""
+@contextmanager
+def chromium(width: int = 1200, height: int = 1600) -> Iterator[WebDriver]:
+    """A fresh headless Chromium with its own profile, offline as far as its flags allow; fails in CI when it
+    is not installed (test.sh installs it)."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         message = "chromium and chromium-driver are not installed (bash test.sh installs them)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must never try to download a driver
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in [*FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chat-page-')}", f"--window-size={width},{height}"]:
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    with tempfile.TemporaryDirectory(prefix="chat-page-") as profile:
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for flag in [*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"]:
+            options.add_argument(flag)
+        driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+        try:
+            yield driver
+        finally:
+            driver.quit()
 
 
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], Any], timeout: float = ANSWER_TIMEOUT_S) -> Any:
@@ -143,13 +151,12 @@ def real_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, S
 
 @pytest.fixture(scope="module")
 def page(real_site: tuple[str, Settings]) -> Iterator[WebDriver]:
-    driver = chromium()
-    driver.get(real_site[0] + "/")
-    status = driver.find_element(By.ID, "status")
-    wait_for(driver, lambda _: status.text.startswith("Ready."), 300)  # the page polls /readyz while models load
-    assert f"{len(TOPICS)} signed documents" in status.text
-    yield driver
-    driver.quit()
+    with chromium() as driver:
+        driver.get(real_site[0] + "/")
+        status = driver.find_element(By.ID, "status")
+        wait_for(driver, lambda _: status.text.startswith("Ready."), 300)  # the page polls /readyz while models load
+        assert f"{len(TOPICS)} signed documents" in status.text
+        yield driver
 
 
 def test_an_in_scope_question_shows_the_answer_its_source_card_and_the_label(
@@ -323,8 +330,7 @@ def test_text_from_documents_is_shown_as_text_and_the_token_opens_the_api(fake_s
     """With an API key made, the page asks for a token, says so when one is missing or wrong, and with a
     reader's token shows the answer; markup in a signed document's title and text stays text."""
     url, token = fake_site
-    driver = chromium()
-    try:
+    with chromium() as driver:
         driver.get(url + "/")
         status = driver.find_element(By.ID, "status")
         wait_for(driver, lambda _: "Ready." in status.text, 20)
@@ -354,5 +360,3 @@ def test_text_from_documents_is_shown_as_text_and_the_token_opens_the_api(fake_s
         wait_for(driver, lambda _: "Ledger entry" in panel.text, 20)
         errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert all(" 401 " in e for e in errors), errors  # the refused requests only: no CSP violation
-    finally:
-        driver.quit()
