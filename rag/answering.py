@@ -27,6 +27,7 @@ from rag.answers import (
     rejection_code,
 )
 from rag.errors import InvalidInputError
+from rag.generation import PROMPT_TEXTS as GENERATION_PROMPT
 from rag.grounding import (
     GroundednessChecker,
     SentenceSupport,
@@ -35,8 +36,10 @@ from rag.grounding import (
     split_sentences,
 )
 from rag.guardrails.registry import echoes
+from rag.injection import release_problem, without_instructions
 from rag.protocols import Generator
 from rag.reader.checks import choose, degenerate, quotation
+from rag.reader.extractive import PROMPT_TEXTS as READER_PROMPT
 from rag.reader.extractive import ExtractiveReader
 from rag.retrieval import ChunkGate, Hit, HybridRetriever, where_clause
 from rag.settings import AnswerSettings, WatermarkSettings
@@ -48,6 +51,9 @@ ANSWER_MODES: tuple[AnswerMode, ...] = ("extract", "free", "quote")
 SPANS_CONSIDERED = 16  # the reader's likeliest spans, re-ranked by how much the question calls for them
 
 RETRY_PASSAGES = 2  # a reader that only restated the question tries once more on this many best passages
+PROMPT_TEXTS = (*GENERATION_PROMPT, *READER_PROMPT)  # the prompts' own words, never released
+# Why released text was refused as the work of an instruction inside a passage (`rag.injection.release_problem`).
+INJECTION_CODES = ("instruction", "prompt_text", "unlisted_url", "forged_citation")
 
 
 class AnswerService:
@@ -197,16 +203,18 @@ class AnswerService:
             return
 
         passages = [hit.chunk.text for hit in hits]
+        # What may be read and may support an answer: each passage without its instructions to a model.
+        usable = [without_instructions(text) for text in passages]
         if answer_mode == "extract":
-            yield from self._extract(question, hits, passages, base, timings, started, retrieved)
+            yield from self._extract(question, hits, passages, usable, base, timings, started, retrieved)
             return
         t0 = time.perf_counter()
         kept: list[SentenceSupport] = []
         checked: list[SentenceSupport] = []
         raw = ""
         try:
-            evidence = self._evidence(question, passages, answer_mode, self.settings.reader_passages)
-            raw = yield from self._generate(question, evidence, answer_mode, passages, timings, checked, kept)
+            evidence = self._evidence(question, usable, answer_mode, self.settings.reader_passages)
+            raw = yield from self._generate(question, evidence, answer_mode, usable, timings, checked, kept)
             if (
                 not kept
                 and answer_mode == "free"
@@ -216,9 +224,9 @@ class AnswerService:
                 # The reader only restated the question: the evidence distracted it. Nothing has been
                 # released yet, so it may try once more, on the two best-ranked passages only.
                 timings["retries"] = 1.0
-                evidence = self._evidence(question, passages, answer_mode, RETRY_PASSAGES)
+                evidence = self._evidence(question, usable, answer_mode, RETRY_PASSAGES)
                 raw += "\n" + (
-                    yield from self._generate(question, evidence, answer_mode, passages, timings, checked, kept)
+                    yield from self._generate(question, evidence, answer_mode, usable, timings, checked, kept)
                 )
         except _CheckerFailedError:
             yield self._abstain(base, "grounding_check_failed", timings, started, retrieved, checked, raw)
@@ -227,7 +235,8 @@ class AnswerService:
         timings["tokens"] = float(getattr(self.generator, "last_tokens", 0))
         if not kept:
             degenerated = any(s.reason == "degenerate_answer" for s in checked)
-            reason = "degenerate_answer" if degenerated else "unsupported_answer"
+            injected = [s.reason for s in checked if s.reason in INJECTION_CODES]
+            reason = injected[0] if injected else "degenerate_answer" if degenerated else "unsupported_answer"
             yield self._abstain(base, reason, timings, started, retrieved, checked, raw)
             return
         cited = sorted({s.passage for s in kept if s.passage is not None})
@@ -293,14 +302,22 @@ class AnswerService:
         checked: list[SentenceSupport],
         kept: list[SentenceSupport],
     ) -> Iterator[Delta]:
-        """Check complete sentences; record every score and yield the supported ones, cited.
+        """Check complete sentences against `passages` (the usable ones: instructions set aside); record every
+        score and yield the supported ones, cited.
 
-        A sentence with no content word beyond the question's only restates it: never an answer."""
+        A sentence with no content word beyond the question's only restates it: never an answer. Nor is one
+        that, cited, holds an instruction, the prompt's words, a URL no passage holds or a mark of its own."""
         for support in self._check(sentences, passages, timings):
+            problem = None
+            if support.supported and support.passage is not None:
+                cited = _with_marker(support, first=True)
+                problem = release_problem(cited, passages, {support.passage}, PROMPT_TEXTS)
             if restates_question(support.sentence, question):
                 support = replace(support, supported=False, restates_question=True)
             elif degenerate(" ".join([*(s.sentence for s in kept), support.sentence])):
                 support = replace(support, supported=False, reason="degenerate_answer")
+            elif problem is not None:
+                support = replace(support, supported=False, reason=problem)
             checked.append(support)
             if support.supported:
                 kept.append(support)
@@ -314,6 +331,7 @@ class AnswerService:
         question: str,
         hits: list[Hit],
         passages: list[str],
+        usable: list[str],
         base: dict[str, Any],
         timings: dict[str, float],
         started: float,
@@ -323,9 +341,11 @@ class AnswerService:
 
         The released text is a quotation of a signed, human-written passage: nothing is generated, so
         it carries no watermark and is not registered as our output (the loop guard guards generated
-        text; a quotation re-ingested is the passage's own words). The label says what it is."""
+        text; a quotation re-ingested is the passage's own words). The label says what it is. The reader
+        reads the `usable` passages (instructions to a model set aside); what it quotes must read in the
+        stored chunk and pass `release_problem`, else it abstains with that code."""
         assert self.reader is not None
-        evidence = self._evidence(question, passages, "extract", self.settings.reader_passages)
+        evidence = self._evidence(question, usable, "extract", self.settings.reader_passages)
         reading = self.reader.read(question, evidence, limit=SPANS_CONSIDERED)
         timings["read_ms"] = reading.seconds * 1000
         timings["tokens"] = 0.0
@@ -341,6 +361,11 @@ class AnswerService:
         n = choice.span.passage
         text = quotation(question, choice.text, evidence[n - 1], passages[n - 1])
         support = SentenceSupport(text, n, 1.0, 1.0, 1.0, supported=True, reason=None)  # verbatim: `choose`
+        marked = _with_marker(support, first=True)
+        problem = release_problem(marked, usable, {n}, PROMPT_TEXTS)
+        if problem is not None:
+            yield self._abstain(base, problem, timings, started, retrieved, raw=text)
+            return
         citation = _citation(n, hits[n - 1])
         human = citation.origin == "human"
         label = {
@@ -356,7 +381,6 @@ class AnswerService:
                 "chosen by a model. Do not sign or ingest it as human-written."
             )
             self.record_output([text], [])  # registered like our own output (no passage excuses it)
-        marked = _with_marker(support, first=True)
         yield Delta(marked)
         timings["total_ms"] = (time.perf_counter() - started) * 1000
         confidence = {

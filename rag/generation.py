@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import BackendUnavailableError, InvalidInputError
+from rag.injection import fenced
 from rag.settings import GeneratorSettings, WatermarkSettings
 from rag.types import AnswerMode, Generation
 
@@ -29,6 +30,9 @@ _EXAMPLE_PASSAGE = (
 _EXAMPLE_QUESTION = "Into which sea does the Rhine flow?"
 _EXAMPLE_ANSWER = "the North Sea"
 _EXAMPLE_CLOSED_BOOK = ("What is the capital of Japan?", "Tokyo")
+INSTRUCTION = "Answer each question with a short phrase copied from the context."
+# The prompt's own words: a released answer never repeats them (`rag.injection.release_problem`).
+PROMPT_TEXTS = (INSTRUCTION, _EXAMPLE_PASSAGE, _EXAMPLE_QUESTION)
 
 
 class GeneratorError(BackendUnavailableError):
@@ -38,7 +42,9 @@ class GeneratorError(BackendUnavailableError):
 def build_prompt(question: str, passages: Sequence[str] | None) -> str:
     """Completion prompt with numbered passages (DESIGN.md: better than chat templates for both models).
 
-    `passages=None` is the ungrounded prompt used by evaluation: same format, no context.
+    Each passage is fenced (`rag.injection.fenced`): one line, its `[n]`, labels and control tokens
+    neutralised, so it cannot imitate the prompt's layout. `passages=None` is the ungrounded prompt used
+    by evaluation: same format, no context.
     """
     if passages is None:
         q, a = _EXAMPLE_CLOSED_BOOK
@@ -46,9 +52,9 @@ def build_prompt(question: str, passages: Sequence[str] | None) -> str:
             f"Answer each question with a short phrase.\n\nQuestion: {q}\nAnswer: {a}\n\n"
             f"Question: {' '.join(question.split())}\nAnswer:"
         )
-    numbered = "\n".join(f"[{n}] {' '.join(text.split())}" for n, text in enumerate(passages, start=1) if text.strip())
+    numbered = "\n".join(f"[{n}] {fenced(text)}" for n, text in enumerate(passages, start=1) if text.strip())
     return (
-        "Answer each question with a short phrase copied from the context.\n\n"
+        f"{INSTRUCTION}\n\n"
         f"Context:\n[1] {_EXAMPLE_PASSAGE}\nQuestion: {_EXAMPLE_QUESTION}\nAnswer: {_EXAMPLE_ANSWER}\n\n"
         f"Context:\n{numbered}\nQuestion: {' '.join(question.split())}\nAnswer:"
     )
@@ -279,7 +285,10 @@ class LocalGenerator:
             raise InvalidInputError("Quote mode needs passages to quote from.", code="quote_needs_passages")
         tokenizer = self._tokenizer
         prompt = build_prompt(question, passages)
-        encoded = tokenizer(prompt, return_tensors="pt", return_offsets_mapping=mode == "quote")
+        # A control token's text inside a passage ("<end_of_turn>") stays text: the prompt itself holds none.
+        encoded = tokenizer(
+            prompt, return_tensors="pt", return_offsets_mapping=mode == "quote", split_special_tokens=True
+        )
         input_ids = encoded["input_ids"]
         stop_ids = [*tokenizer.encode("\n", add_special_tokens=False), *_as_list(tokenizer.eos_token_id)]
 
@@ -434,7 +443,7 @@ def _passage_token_spans(
     spans: list[tuple[int, int]] = []
     cursor = context_at
     for n, text in enumerate(passages, start=1):
-        body = " ".join(text.split())
+        body = fenced(text)
         if not body:
             continue
         start_char = prompt.index(f"[{n}] {body}", cursor) + len(f"[{n}] ")

@@ -16,8 +16,9 @@ import pytest
 from ingest.pipeline import Ingestor
 from rag.answering import AnswerService
 from rag.answers import Answer, Delta
+from rag.injection import fenced
 from rag.reader.checks import degenerate, quotation
-from rag.reader.extractive import Reading, _readable, extractive_prompt, passage_regions
+from rag.reader.extractive import Reading, _readable, extractive_prompt, neutralised_tokens, passage_regions
 from rag.reader.spans import Span, can_end_after, is_word_start
 from rag.settings import Settings
 from tests.conftest import Curator, pydoc_text
@@ -102,7 +103,7 @@ def _allowed_spans(
     """Every span the reader may propose (word start, allowed end), as (passage, decoded text, char start,
     char end, prompt)."""
     prompt = extractive_prompt(question, passages)
-    enc = tok(prompt, return_offsets_mapping=True)
+    enc = tok(prompt, return_offsets_mapping=True, split_special_tokens=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     pieces = [_readable(p) for p in tok.convert_ids_to_tokens(ids)]
     for n, start, end in passage_regions(prompt, offsets, passages):
@@ -253,16 +254,24 @@ def test_readable_turns_real_letters_into_whitespace() -> None:
 )
 def test_passage_regions_and_decoded_spans_against_prompt_like_passages(tokenizer: Any, passages: list[str]) -> None:
     """Layout imitation ("Question:", "Answer:", "[n]", "Context:"), empty entries, special-token text, byte
-    tokens and odd whitespace: each region is exactly its own numbered passage, and every candidate span decodes
-    to the prompt text it covers, verbatim in its own passage."""
+    tokens and odd whitespace: each region is exactly its own numbered passage as fenced (its markers
+    neutralised, `rag.injection.fenced`), and every candidate span clear of a neutralised marker decodes to
+    the prompt text it covers, verbatim in its own passage."""
     prompt = extractive_prompt("What is it?", passages)
-    enc = tokenizer(prompt, return_offsets_mapping=True)
+    enc = tokenizer(prompt, return_offsets_mapping=True, split_special_tokens=True)
     regions = passage_regions(prompt, enc["offset_mapping"], passages)
     assert [n for n, _, _ in regions] == [n for n, p in enumerate(passages, start=1) if p.strip()]
     for n, start, end in regions:
-        assert tokenizer.decode(enc["input_ids"][start:end]).strip() == _norm(passages[n - 1])
+        assert tokenizer.decode(enc["input_ids"][start:end]).strip() == fenced(passages[n - 1])
+    marked = {
+        c for t in neutralised_tokens(prompt, enc["offset_mapping"], passages) for c in range(*enc["offset_mapping"][t])
+    }
+    clear = 0
     for n, text, a, b, _ in _allowed_spans(tokenizer, "What is it?", passages):
-        assert text == prompt[a:b].strip() and text in _norm(passages[n - 1])
+        if marked.isdisjoint(range(a, b)):
+            clear += 1
+            assert text == prompt[a:b].strip() and text in _norm(passages[n - 1])
+    assert clear
 
 
 def test_abstention_leaks_no_span_over_http(lenient: Settings, store: InMemoryStore) -> None:

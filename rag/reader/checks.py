@@ -68,7 +68,8 @@ def choose(
     are ranked by log P(span | question) + `gain_weight` x gain, where gain = log P(span | question) -
     log P(span | a question that asks nothing): a span the reader would pick whatever was asked (a
     heading, the name the passage is about) is worth less than one the question calls for. The best
-    one is released only if (else `does_not_answer`):
+    one must read word for word in its passage and in the evidence the reader was shown of it (else
+    `unsupported_answer`), and is released only if (else `does_not_answer`):
     - its gain is at least `min_gain` (natural log), and
     - the evidence sentence it stands in holds at least `min_focus` of the question's content words: a
       span from a sentence about something else answers another question (most answers given when the
@@ -84,7 +85,8 @@ def choose(
     if not ranked:
         return Choice(None, "", "does_not_answer", 0.0, 0.0)
     _, span, text, baseline = ranked[0]
-    if not _verbatim(text, passages[span.passage - 1]):
+    # Verbatim in the passage, and in what the reader was shown of it (instructions to a model set aside).
+    if not (_verbatim(text, passages[span.passage - 1]) and _verbatim(text, evidence[span.passage - 1])):
         return Choice(None, text, "unsupported_answer", 0.0, 0.0)
     gain = span.logprob - baseline
     read = read_sentence(text, evidence[span.passage - 1], passages[span.passage - 1])
@@ -127,11 +129,12 @@ def asks_for_a_statement(question: str) -> bool:
 def quotation(question: str, span: str, evidence: str, passage: str) -> str:
     """What extract mode releases: the span for a question asking for a name, date or number; for a
     question asking for a statement, the whole evidence sentence the span stands in, if it reads verbatim
-    in the passage (else the span)."""
+    in the passage and holds no `[n]` once a leading footnote mark is dropped (else the span: a mark in
+    the quotation would read as one of our citations)."""
     if not asks_for_a_statement(question):
         return span
-    sentence = read_sentence(span, evidence, passage)
-    return _FOOTNOTE.sub("", sentence) if sentence else span  # a leading footnote "[3]" would read as a citation
+    sentence = _FOOTNOTE.sub("", read_sentence(span, evidence, passage))
+    return sentence if sentence and not _MARK.search(sentence) else span
 
 
 def _verbatim(text: str, passage: str) -> bool:

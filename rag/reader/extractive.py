@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rag.injection import changed_offsets, fenced, normalised
 from rag.reader.spans import Span, best_spans, can_end_after, is_word_start, span_scores
 
 MAX_SPAN_TOKENS = 16  # an answer span of up to ~12 words (a statement question gets its whole sentence)
@@ -56,10 +57,14 @@ class ExtractiveReader:
         started = time.perf_counter()
         prompt = extractive_prompt(question, passages)
         neutral = extractive_prompt(NEUTRAL_QUESTION, passages)
-        encoded = tokenizer(prompt, return_tensors="pt", return_offsets_mapping=True)
+        # A control token's text inside a passage ("<end_of_turn>") stays text: the prompt itself holds none.
+        text_only = {"return_tensors": "pt", "split_special_tokens": True}
+        encoded = tokenizer(prompt, return_offsets_mapping=True, **text_only)
         ids: list[int] = encoded["input_ids"][0].tolist()
-        neutral_ids: list[int] = tokenizer(neutral, return_tensors="pt")["input_ids"][0].tolist()
-        regions = passage_regions(prompt, encoded["offset_mapping"][0].tolist(), passages)
+        neutral_ids: list[int] = tokenizer(neutral, **text_only)["input_ids"][0].tolist()
+        offsets = encoded["offset_mapping"][0].tolist()
+        regions = passage_regions(prompt, offsets, passages)
+        fenced_tokens = neutralised_tokens(prompt, offsets, passages)
         raw_pieces = tokenizer.convert_ids_to_tokens(ids)
         byte_level = not any("▁" in piece for piece in raw_pieces)  # SentencePiece marks word starts with ▁
         pieces = [_readable(piece, byte_level=byte_level) for piece in raw_pieces]
@@ -74,6 +79,8 @@ class ExtractiveReader:
             candidates: list[Span] = []
             if starts:
                 candidates = self._score_rows(model, out.past_key_values, ids, pieces, starts, first, stop_ids)
+                # A span over a neutralised marker would not read as its passage does (and is a marker): none.
+                candidates = [c for c in candidates if fenced_tokens.isdisjoint(range(c.start, c.end))]
             chosen = best_spans(candidates, limit, ids)
             baselines: list[float] = []
             if chosen:
@@ -180,35 +187,54 @@ _EXAMPLES = (
 )
 
 
+INSTRUCTION = "Answer each question with a short phrase copied from the context."
+# The prompt's own words: a released answer never repeats them (`rag.injection.release_problem`).
+PROMPT_TEXTS = (INSTRUCTION, *(text for passage, question, _ in _EXAMPLES for text in (passage, question)))
+
+
 def extractive_prompt(question: str, passages: Sequence[str]) -> str:
-    """The few-shot prompt of the extractive reader: numbered passages, the question, "Answer:"."""
+    """The few-shot prompt of the extractive reader: numbered passages, the question, "Answer:".
+
+    Each passage is fenced (`rag.injection.fenced`): one line, its `[n]`, labels and control tokens
+    neutralised, so it cannot imitate the prompt's layout; a passage without them reads as stored."""
     shots = "".join(f"Context:\n[1] {text}\nQuestion: {q}\nAnswer: {a}\n\n" for text, q, a in _EXAMPLES)
-    numbered = "\n".join(f"[{n}] {' '.join(text.split())}" for n, text in enumerate(passages, start=1) if text.strip())
-    return (
-        "Answer each question with a short phrase copied from the context.\n\n"
-        f"{shots}Context:\n{numbered}\nQuestion: {' '.join(question.split())}\nAnswer:"
-    )
+    numbered = "\n".join(f"[{n}] {fenced(text)}" for n, text in enumerate(passages, start=1) if text.strip())
+    return f"{INSTRUCTION}\n\n{shots}Context:\n{numbered}\nQuestion: {' '.join(question.split())}\nAnswer:"
+
+
+def _bodies(prompt: str, passages: Sequence[str]) -> list[tuple[int, int, str]]:
+    """(passage number, character offset in the prompt, passage text as stored, on one line) of each
+    non-empty passage. The fence keeps lengths, so an offset into the fenced body is one into the text."""
+    cursor = prompt.rindex("Context:\n")
+    found: list[tuple[int, int, str]] = []
+    for n, text in enumerate(passages, start=1):
+        body = fenced(text)
+        if not body:
+            continue
+        marker = f"[{n}] "
+        start_char = prompt.index(marker + body, cursor) + len(marker)
+        cursor = start_char + len(body)
+        found.append((n, start_char, text))
+    return found
 
 
 def passage_regions(
     prompt: str, offsets: Sequence[Sequence[int]], passages: Sequence[str]
 ) -> list[tuple[int, int, int]]:
     """(passage number, first token, end token) of each non-empty numbered passage inside the prompt."""
-    context_at = prompt.rindex("Context:\n")
     regions: list[tuple[int, int, int]] = []
-    cursor = context_at
-    for n, text in enumerate(passages, start=1):
-        body = " ".join(text.split())
-        if not body:
-            continue
-        marker = f"[{n}] "
-        start_char = prompt.index(marker + body, cursor) + len(marker)
-        end_char = start_char + len(body)
-        cursor = end_char
+    for n, start_char, text in _bodies(prompt, passages):
+        end_char = start_char + len(normalised(text))
         tokens = [i for i, (a, b) in enumerate(offsets) if b > a and a >= start_char - 1 and b <= end_char]
         if tokens:
             regions.append((n, tokens[0], tokens[-1] + 1))
     return regions
+
+
+def neutralised_tokens(prompt: str, offsets: Sequence[Sequence[int]], passages: Sequence[str]) -> set[int]:
+    """The prompt tokens that hold a character the fence changed (`rag.injection.changed_offsets`)."""
+    changed = {start_char + i for _, start_char, text in _bodies(prompt, passages) for i in changed_offsets(text)}
+    return {t for t, (a, b) in enumerate(offsets) if b > a and not changed.isdisjoint(range(a, b))}
 
 
 def _readable(piece: str, *, byte_level: bool = False) -> str:
