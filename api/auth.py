@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Annotated, ClassVar
 
 from fastapi import FastAPI, Request, Security
@@ -96,6 +97,7 @@ class Gatekeeper:
         return caller
 
 
+@cache  # one dependency per role: FastAPI runs a dependency once per request, so a route never pays twice
 def require(needed: Role) -> Callable[..., Awaitable[Caller | None]]:
     """A dependency admitting callers with role `needed` or above (and within their rate)."""
 
