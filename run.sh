@@ -6,10 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup-venv.sh
 data=${RAG_DATA_DIR:-.rag}
-if [ ! -f "$data/keys/local-curator.key" ]; then
-  rag keys new local-curator --out "$data/keys" --trust "$data/trust.local.json"
+# Keys and the local trust file live in the operator's folder beside the ledger key, outside the data dir.
+conf=$(dirname "${RAG_LEDGER_KEY_PATH:-$HOME/.config/provenance-first-rag/ledger.key}")
+if [ -f "$data/keys/local-curator.key" ] && [ ! -f "$conf/keys/local-curator.key" ]; then
+  mkdir -p "$conf/keys"  # from a checkout that kept them in the data dir: move them out once
+  mv "$data/keys/local-curator.key" "$data/keys/local-curator.pub" "$conf/keys/"
+  if [ -f "$data/trust.local.json" ] && [ ! -f "$conf/trust.local.json" ]; then mv "$data/trust.local.json" "$conf/"; fi
 fi
-rag import pydoc --out "$data/corpus/pydoc" --key "$data/keys/local-curator.key"
+if [ ! -f "$conf/keys/local-curator.key" ]; then
+  rag keys new local-curator --out "$conf/keys" --trust "$conf/trust.local.json"
+fi
+rag import pydoc --out "$data/corpus/pydoc" --key "$conf/keys/local-curator.key"
 rag ingest "$data/corpus/pydoc"
 echo "--- the examples below must all be refused, each with its reason ---"
 if rag ingest knowledge_base/examples/rejected; then

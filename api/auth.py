@@ -115,7 +115,7 @@ def require(needed: Role) -> Callable[..., Awaitable[Caller | None]]:
 
 
 def install(app: FastAPI, settings: Settings, *, anonymous: bool) -> None:
-    """Attach the gatekeeper (keys from the data dir, buckets from settings) and, if origins are listed, CORS."""
+    """Attach the gatekeeper (keys from the operator's folder, buckets from settings) and CORS if origins are listed."""
     cfg = settings.api
     app.state.gatekeeper = Gatekeeper(
         ApiKeyStore(settings.api_keys_path), RateLimiter(cfg.rate_per_s, cfg.rate_burst), anonymous=anonymous

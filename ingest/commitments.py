@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ingest.ledger import GENESIS, Ledger, LiveDocument, chunk_id, entry_hash, revoked_keyids, text_sha256
-from ingest.ledger_head import remembered_head, verified_head
+from ingest.ledger_head import refuse_links, remembered_head, verified_head
 from ingest.trust import TrustStore
 from rag.errors import LedgerError, TrustStoreError
 from rag.types import StoredChunk
@@ -138,6 +138,38 @@ def _named(what: str, ids: Sequence[str]) -> str:
     return f"{len(ids)} {what}: {shown}{more}"
 
 
+def entries_to(ledger: Ledger, index: int, head: str) -> list[dict[str, Any]]:
+    """The ledger's entries up to entry `index`, replayed and checked to chain to `head`; LedgerError if not."""
+    prev, entries = GENESIS, list[dict[str, Any]]()
+    for entry in ledger.entries() if index >= 0 else ():
+        linked = entry.get("index") == len(entries) and entry.get("prev") == prev
+        if not linked or entry_hash(entry) != entry.get("hash"):
+            raise LedgerError(f"entry {len(entries) + 1} does not verify")
+        entries.append(entry)
+        prev = str(entry["hash"])
+        if len(entries) == index + 1:
+            break
+    if len(entries) != index + 1 or prev != head:
+        raise LedgerError("the ledger does not reach its signed head")
+    return entries
+
+
+def signed_entries(ledger: Ledger, public_key_path: Path) -> list[dict[str, Any]]:
+    """The entries up to the ledger's signed head, checked with the public key alone (what a listing may show);
+    LedgerError (`ledger_corrupt`) if the head or the chain does not verify."""
+    try:
+        refuse_links(ledger.path, ledger.head_path)
+        record = ledger.read_head_file()
+        if not record:
+            if next(ledger.entries(), None) is not None:
+                raise LedgerError("the ledger head file is missing or unreadable")
+            return []
+        index, head = verified_head(public_key_path, record)
+        return entries_to(ledger, index, head)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LedgerError(f"the ledger does not verify ({exc})") from exc
+
+
 class LedgerGate:
     """What may be served now: the chunks the ledger's signed head commits to, from signers trusted now.
 
@@ -163,10 +195,13 @@ class LedgerGate:
         self._seen: tuple[bytes, tuple[int, int, int] | None, tuple[int, int, int] | None] | None = None
         self._trust: TrustStore | None = None
         self._trust_stamp: tuple[tuple[int, int, int] | None, ...] | None = None
+        self._served: tuple[int, str] | None = None  # the highest head loaded: never go back behind it
+        self._warned = False
         self._lock = threading.Lock()
 
     def follow(self) -> bool:
-        """Catch up with the ledger head and the trust files; returns whether the commitments were reloaded."""
+        """Catch up with the ledger head and the trust files; returns whether the commitments were reloaded
+        (or dropped: a ledger that stops verifying serves nothing, and is checked again at every follow)."""
         with self._lock:
             self._follow_trust()
             try:
@@ -176,41 +211,57 @@ class LedgerGate:
             seen = (raw, _stamp(self.public_key_path), _stamp(self.heads_path) if self.heads_path else None)
             if seen == self._seen:
                 return False
-            self._seen = seen
-            committed, revoked, self.head = self._load()
+            if self._same_head(seen):  # the head file was rewritten, not moved: nothing to reload
+                self._seen = seen
+                return False
+            try:
+                committed, revoked, self.head, self._served = self._load()
+            except Exception as exc:  # whatever went wrong, nothing is served until a load succeeds
+                log.error("the ledger does not verify (%s): no passage will be served until it does", exc)
+                serving = self.head is not None or bool(self._state[0])
+                self._state, self.head, self._seen = ({}, set()), None, None
+                return serving
             self._state = (committed, revoked)
+            self._seen = seen
             return True
 
-    def _load(self) -> tuple[dict[str, Commitment], set[str], str | None]:
-        record = self.ledger.read_head_file()
+    def _same_head(self, seen: tuple[bytes, Any, Any]) -> bool:
+        """Whether the head file now signs the very head already loaded (only its bytes changed)."""
+        if self._seen is None or self._served is None or seen[1:] != self._seen[1:]:
+            return False
         try:
-            if not record:
-                if next(self.ledger.entries(), None) is not None:
-                    raise LedgerError("the ledger head file is missing or unreadable")
-                return {}, set(), None  # nothing ingested yet
-            index, head = verified_head(self.public_key_path, record)
-            last = remembered_head(self.heads_path, self.ledger.path) if self.heads_path else None
-            if last is not None and last[0] > index:
-                raise LedgerError(
-                    f"the signed head is entry {index}, behind entry {last[0]} the key signed (rolled back)"
-                )
-            prev, entries = GENESIS, list[dict[str, Any]]()
-            for entry in self.ledger.entries() if index >= 0 else ():
-                linked = entry.get("index") == len(entries) and entry.get("prev") == prev
-                if not linked or entry_hash(entry) != entry["hash"]:
-                    raise LedgerError(f"entry {len(entries) + 1} does not verify")
-                entries.append(entry)
-                prev = str(entry["hash"])
-                if len(entries) == index + 1:
-                    break
-            if len(entries) != index + 1 or prev != head:
-                raise LedgerError("the ledger does not reach its signed head")
-            if last is not None and last[0] >= 0 and entries[last[0]].get("hash") != last[1]:
-                raise LedgerError(f"entry {last[0]} differs from the head the key signed (history rewritten)")
-        except (LedgerError, KeyError, TypeError, ValueError) as exc:
-            log.error("the ledger does not verify (%s): no passage will be served until it does", exc)
-            return {}, set(), None
-        return commitments(self.ledger.live(entries)), revoked_keyids(entries), head
+            return verified_head(self.public_key_path, self.ledger.read_head_file()) == self._served
+        except LedgerError:
+            return False
+
+    def _load(self) -> tuple[dict[str, Commitment], set[str], str | None, tuple[int, str] | None]:
+        """The commitments and revocations of the ledger up to its signed head; raises if anything fails."""
+        refuse_links(self.ledger.path, self.ledger.head_path)
+        record = self.ledger.read_head_file()
+        if not record:
+            if next(self.ledger.entries(), None) is not None:
+                raise LedgerError("the ledger head file is missing or unreadable")
+            if self._served is not None and self._served[0] >= 0:
+                raise LedgerError(f"the ledger is gone, but this service served its entry {self._served[0]}")
+            return {}, set(), None, None  # nothing ingested yet
+        index, head = verified_head(self.public_key_path, record)
+        last = remembered_head(self.heads_path, self.ledger.path) if self.heads_path else None
+        if last is None and index >= 0 and not self._warned:
+            self._warned = True
+            log.warning(
+                "no head remembered beside the ledger key for %s: a rollback to an older signed copy is caught "
+                "only against what this process has served",
+                self.ledger.path,
+            )
+        marks = [(mark, who) for mark, who in ((last, "the key signed"), (self._served, "was served")) if mark]
+        for (at, _), who in marks:
+            if at > index:
+                raise LedgerError(f"the signed head is entry {index}, behind entry {at} that {who} (rolled back)")
+        entries = entries_to(self.ledger, index, head)
+        for (at, mark), who in marks:
+            if at >= 0 and entries[at].get("hash") != mark:
+                raise LedgerError(f"entry {at} differs from the head that {who} (history rewritten)")
+        return commitments(self.ledger.live(entries)), revoked_keyids(entries), head, (index, head)
 
     def _follow_trust(self) -> None:
         stamp = tuple(_stamp(path) for path in self.trust_paths)
@@ -244,6 +295,10 @@ class LedgerGate:
             return None
         assert commitment is not None
         return StoredChunk(id=chunk.id, text=chunk.text, metadata=commitment.metadata(), score=chunk.score)
+
+    def committed_ids(self) -> Container[str]:
+        """The chunk ids the loaded head commits (what a BM25 index may name)."""
+        return self._state[0].keys()
 
     def admits(self, chunk: StoredChunk) -> bool:
         return self.admit(chunk) is not None

@@ -100,6 +100,14 @@ class Decider:
         self.trust = trust
         self.checks = list(checks)
         self.chunker = Chunker(settings.chunk_size, settings.chunk_overlap)
+        # Documents removed by their owner (the last admitting entry of each): still theirs (`held_by`).
+        self.removed: dict[str, LiveDocument] = {}
+
+    def held_by(self, doc_id: str, live: dict[str, LiveDocument]) -> LiveDocument | None:
+        """The admitted document whose signer owns `doc_id`: the live one, or one its owner removed. A removal
+        does not free the name for another signer (remove, then upload would be a takeover); a withdrawal
+        (revoked signer, refused manifest) does."""
+        return live.get(doc_id) or self.removed.get(doc_id)
 
     def verify_one(self, document: Path, root: Path) -> Verdict:
         return verify_document(document, root, self.trust, max_bytes=self.settings.max_document_bytes)
@@ -110,9 +118,10 @@ class Decider:
         folded, decided = _folded(live), dict[str, str]()
         for document, root in documents:
             verdict = _collision(self.verify_one(document, root), folded, decided)
-            owner = owner_of(live.get(verdict.doc_id))
+            held = self.held_by(verdict.doc_id, live)
+            owner = owner_of(held)
             if verdict.ok and owner is not None and owner != verdict.signer_keyid:
-                verdict = _refuse(verdict, "signer_changed", _signer_changed_detail(live.get(verdict.doc_id)))
+                verdict = _refuse(verdict, "signer_changed", _signer_changed_detail(held))
             if verdict.ok:
                 verdict = self.policy(verdict, live, {}) or verdict
             verdicts.append(verdict)
@@ -190,10 +199,11 @@ class Decider:
         if not verdict.ok:
             return verdict
         current = live.get(verdict.doc_id)
-        owner = owner_of(current)
+        held = self.held_by(verdict.doc_id, live)
+        owner = owner_of(held)
         changed_signer = owner is not None and owner != verdict.signer_keyid
         if changed_signer and not allow_signer_change:
-            return _refuse(verdict, "signer_changed", _signer_changed_detail(current))
+            return _refuse(verdict, "signer_changed", _signer_changed_detail(held))
         if (
             current is not None
             and current.sha256 == verdict.sha256
@@ -358,7 +368,10 @@ def _signer_changed_detail(doc: LiveDocument | None) -> str:
     assert doc is not None
     name = doc.entry.get("signer_name") or "another signer"
     owner = owner_of(doc) or ""
-    return f"admitted under {name} (key {owner[:16]}…); pass --allow-signer-change to let another signer replace it"
+    return (
+        f"admitted under {name} (key {owner[:16]}…){' and removed since' if doc.removed else ''}; pass "
+        "--allow-signer-change to let another signer replace it"
+    )
 
 
 def _placeholder(verdict: Verdict, pending: Pending) -> LiveDocument:

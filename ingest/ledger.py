@@ -15,13 +15,13 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import rfc8785
 
-from ingest.ledger_head import LedgerKey, check_extends, check_signature, hash_at
+from ingest.ledger_head import LedgerKey, check_extends, check_signature, hash_at, refuse_links
 from ingest.trust import utc_now
 from rag.errors import LedgerError
 
@@ -66,6 +66,7 @@ class LiveDocument:
     entry: dict[str, Any] = field(repr=False)
     # Set by reconcile when the store holds fewer chunks than the entry commits: embed it afresh.
     incomplete: bool = False
+    removed: bool = False  # no longer live: its owner removed it (`Ledger.removed`)
 
     @property
     def chunk_hashes(self) -> list[str] | None:
@@ -144,6 +145,7 @@ class Ledger:
         this object last looked, and an append must never extend a cut or edited ledger. A ledger is never
         deleted here: a new one starts with a signed genesis head, so a missing head never means a first run."""
         self._tail = None
+        refuse_links(self.path, self.head_path)
         self.repair_torn_tail()
         if self.key is not None:
             self._check_head_present(self.key)
@@ -279,14 +281,34 @@ class Ledger:
                 docs.pop(entry["doc_id"], None)
         return docs
 
-    def documents(self, *, include_withdrawn: bool = False) -> list[dict[str, Any]]:
-        """What the store holds, with provenance, as the ledger records it; optionally what was withdrawn."""
-        live = self.live()
+    def removed(self, entries: Iterable[dict[str, Any]] | None = None) -> dict[str, LiveDocument]:
+        """Documents whose last entry is a `remove`, as last admitted: their signer still owns the name."""
+        admitted: dict[str, dict[str, Any]] = {}
+        gone: dict[str, LiveDocument] = {}
+        for entry in self.entries() if entries is None else entries:
+            action, doc_id = entry.get("action"), str(entry.get("doc_id"))
+            if action in LIVE_ACTIONS:
+                admitted[doc_id] = entry
+                gone.pop(doc_id, None)
+            elif action == "remove" and doc_id in admitted:
+                gone[doc_id] = replace(_as_live(admitted.pop(doc_id)), removed=True)
+            elif action in GONE_ACTIONS:
+                admitted.pop(doc_id, None)
+                gone.pop(doc_id, None)
+        return gone
+
+    def documents(
+        self, *, include_withdrawn: bool = False, entries: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """What the store holds, with provenance, as the ledger (or `entries`) records it; optionally what was
+        withdrawn."""
+        entries = list(self.entries()) if entries is None else entries
+        live = self.live(entries)
         views = [{**_document_view(doc), "status": "live"} for doc in live.values()]
         if include_withdrawn:
             admitted: dict[str, dict[str, Any]] = {}
             last: dict[str, dict[str, Any]] = {}
-            for entry in self.entries():
+            for entry in entries:
                 if entry.get("action") in ("add", "replace"):
                     admitted[entry["doc_id"]] = entry
                 if entry.get("action") in ("add", "replace", "remove", "withdraw"):
@@ -308,6 +330,10 @@ class Ledger:
     def verify(self, expect: dict[str, Any] | None = None) -> VerifyReport:
         """Check the chain, the head file and its signature; with `expect` (a signed head kept elsewhere),
         also that the ledger still extends it."""
+        try:
+            refuse_links(self.path, self.head_path)
+        except LedgerError as exc:
+            return VerifyReport(ok=False, entries=0, head=GENESIS, problems=[exc.message])
         hashes, problems = self.chain()
         count, prev = len(hashes), (hashes[-1] if hashes else GENESIS)
         head = self.read_head_file()

@@ -96,16 +96,16 @@ class LedgerKey:
             fcntl.flock(lock, fcntl.LOCK_EX)
             heads = self._heads()
             if index is None:
-                heads.pop(str(ledger.resolve()), None)
+                heads.pop(ledger_name(ledger), None)
                 log.warning("starting a new ledger at %s, where the ledger key signed heads before", ledger)
             else:
-                heads[str(ledger.resolve())] = {"index": index, "hash": head}
+                heads[ledger_name(ledger)] = {"index": index, "hash": head}
             tmp = self._heads_path.with_name(self._heads_path.name + ".tmp")
             tmp.write_text(json.dumps(heads, indent=1, sort_keys=True) + "\n")
             os.replace(tmp, self._heads_path)
 
     def remembered(self, ledger: Path) -> dict[str, Any] | None:
-        found = self._heads().get(str(ledger.resolve()))
+        found = self._heads().get(ledger_name(ledger))
         return found if isinstance(found, dict) else None
 
     def _heads(self) -> dict[str, Any]:
@@ -114,6 +114,20 @@ class LedgerKey:
     def open(self, signed: dict[str, Any]) -> dict[str, Any]:
         """The payload of a signed head, if this key signed it; LedgerError otherwise."""
         return open_head(self.public(), signed)
+
+
+def ledger_name(ledger: Path) -> str:
+    """The name a ledger's heads are remembered under: its folder resolved, its own name as configured. A link
+    put where the ledger file was does not change the name (following it would find a ledger never signed
+    for, whose rollback would then go unseen); and a linked ledger file is refused anyway (`refuse_links`)."""
+    return str(ledger.parent.resolve() / ledger.name)
+
+
+def refuse_links(*paths: Path) -> None:
+    """LedgerError if the ledger or its head is a symbolic link: it must be the file the key signed for."""
+    for path in paths:
+        if path.is_symlink():
+            raise LedgerError(f"{path} is a symbolic link; the ledger and its head must be regular files.")
 
 
 def heads_path(key_path: Path) -> Path:
@@ -132,7 +146,7 @@ def _read_heads(path: Path) -> dict[str, Any]:
 def remembered_head(path: Path, ledger: Path) -> tuple[int, str] | None:
     """(index, hash) of the last head the key beside `path` signed for `ledger`; None if it signed none (or
     the record is unreadable: then only the signed head file and the chain are checked)."""
-    found = _read_heads(path).get(str(ledger.resolve()))
+    found = _read_heads(path).get(ledger_name(ledger))
     if not isinstance(found, dict):
         return None
     index, head = found.get("index"), found.get("hash")

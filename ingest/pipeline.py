@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ingest.background import in_background
-from ingest.commitments import changed, commitments
+from ingest.commitments import changed, commitments, signed_entries
 from ingest.decisions import ContentCheck, Decider, IngestReport, Pending, Withdraw, owner_of
 from ingest.files import printable_path, read_json_object
 from ingest.ledger import Ledger, LiveDocument, chunk_id, parse_chunk_id, revoked_keyids
@@ -144,11 +144,18 @@ class Ingestor:
                     f"The ledger {ledger.path} and its head are missing but the store holds {held} chunks; "
                     "restore them, or start afresh with `rag ledger reset --yes` (deletes every stored chunk)."
                 )
-            if key is not None and key.exists() and key.remembered(ledger.path):
-                key.remember(ledger.path, None, None)  # an empty data dir: a new knowledge base
+            last = key.remembered(ledger.path) if key is not None and key.exists() else None
+            if last is not None and isinstance(last.get("index"), int) and last["index"] >= 0:
+                # An emptied data dir is not taken as a new knowledge base: an older copy put back later would
+                # then pass as this ledger. Only the operator starts afresh (`rag ledger reset`).
+                raise LedgerError(
+                    f"The ledger {ledger.path} and its head are missing, but the ledger key signed a head at entry "
+                    f"{last['index']} for it; restore them, or start afresh with `rag ledger reset --yes`."
+                )
         ledger.check_before_append()
         # Key ids the verified ledger records a revoke for are revoked, whatever the trust files say now.
         self.decider.trust = self.decider.trust.with_revoked(revoked_keyids(ledger.entries()))
+        self.decider.removed = ledger.removed()
 
     # --- public operations ----------------------------------------------------------------
 
@@ -156,6 +163,7 @@ class Ingestor:
         """Verify without writing anything (signature, digest, subject and origin policy)."""
         entries = list(self.ledger.entries())
         self.decider.trust = self.decider.trust.with_revoked(revoked_keyids(entries))
+        self.decider.removed = self.ledger.removed(entries)
         return self.decider.verify(discover(paths), self.ledger.live(entries))
 
     def ingest(
@@ -257,8 +265,10 @@ class Ingestor:
         return revoked, True
 
     def documents(self, *, include_withdrawn: bool = False) -> list[dict[str, Any]]:
-        """What the store holds, with provenance, as the ledger records it; optionally what was withdrawn."""
-        return self.ledger.documents(include_withdrawn=include_withdrawn)
+        """What the store holds, with provenance, as the ledger's signed head commits it (`ledger_corrupt` if the
+        head or chain does not verify: an edited ledger lists nothing); optionally what was withdrawn."""
+        entries = signed_entries(self.ledger, self.settings.ledger_public_key)
+        return self.ledger.documents(include_withdrawn=include_withdrawn, entries=entries)
 
     def reconcile(self) -> int:
         with self._locked():

@@ -1,4 +1,5 @@
-"""API keys with roles: made once, shown once, stored only as a hash in the data dir.
+"""API keys with roles: made once, shown once, stored only as a hash, in the operator's folder beside the
+ledger key (outside the data dir: whoever can write the data dir must not be able to make a key).
 
 A token is `rag_` + 32 random bytes (`secrets.token_urlsafe(32)`, 256 bits). The key file keeps its SHA-256,
 never the token: a plain hash is enough because the token is random and long. A slow password hash (bcrypt,
@@ -73,7 +74,7 @@ class ApiKey:
 
 
 class ApiKeyStore:
-    """The key file of a data dir: make, list, revoke and check keys."""
+    """The API key file (beside the ledger key): make, list, revoke and check keys."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,10 +97,11 @@ class LexicalIndex:
         self._ids: list[str] = []
         self._head: str | None = None
 
-    def rebuild(self, store: VectorStore, head: str) -> None:
+    def rebuild(self, store: VectorStore, head: str, allowed: Container[str] | None = None) -> None:
+        """Index the store's chunks (those in `allowed` only, when given: the ledger's commitments)."""
         import bm25s
 
-        ids = store.ids()
+        ids = [i for i in store.ids() if allowed is None or i in allowed]
         chunks = store.get(ids) if ids else []
         retriever = None
         if chunks:
@@ -139,7 +140,10 @@ class LexicalIndex:
 
         try:
             info = json.loads(meta.read_text())
-            ids, head = list(info["ids"]), str(info["head"])
+            ids, head = [str(i) for i in info["ids"]], str(info["head"])
+            if len(set(ids)) != len(ids):
+                log.warning("the saved BM25 index names a chunk twice: rebuilt")
+                return None
             retriever = bm25s.BM25.load(str(self.directory / "bm25")) if ids else None
         except (OSError, ValueError, KeyError):
             return None  # replaced under us by another process: rebuild
@@ -150,10 +154,16 @@ class LexicalIndex:
     def head(self) -> str | None:
         return self._head
 
-    def follow(self, store: VectorStore, head: str) -> None:
-        """Reflect ledger `head`: keep the loaded index, else load the saved one, else rebuild from the store."""
+    def follow(self, store: VectorStore, head: str, allowed: Container[str] | None = None) -> None:
+        """Reflect ledger `head`: keep the loaded index, else load the saved one, else rebuild from the store.
+
+        With `allowed` (the chunk ids the ledger commits), an index that names any other chunk is rebuilt
+        from the committed chunks only: a saved index is a file in the data dir, not trusted on its own."""
         if self._head != head and self.load() != head:
-            self.rebuild(store, head)
+            self.rebuild(store, head, allowed)
+        elif allowed is not None and not all(i in allowed for i in self._ids):
+            log.warning("the BM25 index names chunks the ledger does not commit: rebuilt from committed chunks")
+            self.rebuild(store, head, allowed)
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         if self._retriever is None or not self._ids:
@@ -165,7 +175,11 @@ class LexicalIndex:
             return []
         k = min(k, len(self._ids))
         docs, scores = self._retriever.retrieve(tokens, k=k, show_progress=False)
-        return [(self._ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0], strict=True) if float(s) > 0]
+        found: dict[str, float] = {}  # each chunk once: repeats must not add up in the fusion
+        for d, s in zip(docs[0], scores[0], strict=True):
+            if float(s) > 0 and 0 <= int(d) < len(self._ids):
+                found.setdefault(self._ids[int(d)], float(s))
+        return list(found.items())
 
 
 class HybridRetriever:

@@ -318,9 +318,16 @@ class Settings(BaseSettings):
     corpus_report: CorpusReportSettings = CorpusReportSettings()
 
     @property
+    def operator_dir(self) -> Path:
+        """The operator's folder, outside the data dir: the ledger key, the heads it signed, the local trust file
+        and the API keys. Whoever can write the data dir must not be able to trust a signer or make a key."""
+        return self.ledger_key_path.parent
+
+    @property
     def local_trust_path(self) -> Path:
-        """Keys trusted on this machine only (the locally made curator key); never committed."""
-        return self.data_dir / "trust.local.json"
+        """Keys trusted on this machine only (the locally made curator key); never committed, never in the data
+        dir (beside the ledger key)."""
+        return self.operator_dir / "trust.local.json"
 
     @property
     def ledger_public_key(self) -> Path:
@@ -349,5 +356,6 @@ class Settings(BaseSettings):
 
     @property
     def api_keys_path(self) -> Path:
-        """API keys of the HTTP service: names, roles and token hashes (never tokens), mode 0600."""
-        return self.data_dir / "apikeys.json"
+        """API keys of the HTTP service: names, roles and token hashes (never tokens), mode 0600; beside the
+        ledger key, outside the data dir."""
+        return self.operator_dir / "apikeys.json"

@@ -175,7 +175,7 @@ def build_answer_service(
                 if not opened[0]:
                     store.reopen()
                 opened[0] = False
-                lexical.follow(store, gate.head or "")
+                lexical.follow(store, gate.head or "", gate.committed_ids())
 
     refresh()
     from ingest.registry_guard import corpus_quotable

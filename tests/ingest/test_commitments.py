@@ -245,10 +245,18 @@ def test_deleted_ledger_beside_a_full_store_is_an_error(settings: Settings, corp
     assert refused.value.code == "ledger_corrupt"
 
 
-def test_an_empty_data_dir_starts_a_new_ledger(settings: Settings, corpus: Path) -> None:
+def test_an_emptied_data_dir_is_refused_until_the_operator_resets(settings: Settings, corpus: Path) -> None:
+    """An emptied data dir is not a new knowledge base: a write would forget the head the key signed, and an
+    older copy put back afterwards would pass. Only `rag ledger reset` starts afresh."""
     ingestor(settings).ingest([corpus])
     shutil.rmtree(settings.data_dir)
     SharedSystemClient.clear_system_cache()  # as a new process would: Chroma caches the deleted store in memory
+    with pytest.raises(LedgerError) as refused:
+        ingestor(settings).ingest([corpus])
+    assert refused.value.code == "ledger_corrupt" and "ledger reset" in refused.value.message
+    assert LedgerKey(settings.ledger_key_path).remembered(settings.ledger_path) is not None  # not forgotten
+    result = CliRunner().invoke(app, ["ledger", "reset", "--yes"])
+    assert result.exit_code == 0, result.output
     report = ingestor(settings).ingest([corpus])
     assert len(report.accepted) == 3 and verify_cli()[0] == 0
 
