@@ -25,7 +25,7 @@ from api.limits import RequestLimits
 from api.metrics import RequestMetrics, ServiceMetrics
 from api.metrics import router as metrics_router
 from api.openapi_rules import document_rules, document_stream
-from api.routes import answers, chat, documents, health, ledger
+from api.routes import answers, chat, corpus, documents, health, ledger
 from api.routes.chat import conversation_query
 from api.state import ServiceState
 from api.web import page
@@ -82,7 +82,7 @@ def create_app(
     auth.install(app, settings, anonymous=anonymous)  # CORS, when origins are listed, wraps the limits
     app.add_middleware(RequestMetrics, metrics=metrics, routes=lambda: app.routes)  # outermost: sees every refusal
     install(app, Redactor(settings))
-    for module in (health, documents, page, ledger):  # each of their routes states the role it needs, if any
+    for module in (health, documents, page, ledger, corpus):  # each of their routes states the role it needs, if any
         app.include_router(module.router)
     app.include_router(metrics_router)
     reader = [Depends(auth.require("reader"))]

@@ -210,6 +210,15 @@ class LedgerCheck(_Open):
     store_checked: bool
 
 
+class CorpusReport(_Open):
+    human_floor: float
+    version_gap_s: float
+    window: int
+    baseline: dict[str, Any] | None = Field(..., description="The version later ones are compared with.")
+    versions: list[dict[str, Any]] = Field(..., description="Each version's figures and warnings, oldest first.")
+    warnings: list[str]
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for error statuses, all with the one error model."""
     text = {

@@ -8,7 +8,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from ingest.corpus_report import Baseline, ChunkText, build_report, latest_basel
 from ingest.ledger import Ledger
 from rag.errors import InvalidInputError
 from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from rag.protocols import VectorStore
 
 corpus_app = typer.Typer(help="The knowledge base over its versions.", no_args_is_help=True)
 console = Console()
@@ -43,15 +46,21 @@ def baseline_path(settings: Settings) -> Path:
     return settings.data_dir / "corpus_baseline.json"
 
 
-def collect(settings: Settings, *, gap_s: float = 60.0, pin_baseline: bool = False) -> dict[str, Any]:
-    """The report over every version of the ledger, with the texts and embeddings the store holds now, compared
-    with the pinned baseline if there is one; `pin_baseline` first pins the latest version as the baseline."""
+def collect(
+    settings: Settings, *, gap_s: float = 60.0, pin_baseline: bool = False, store: VectorStore | None = None
+) -> dict[str, Any]:
+    """The report over every version of the ledger up to its signed head (`ledger_corrupt` if it does not
+    verify), with the texts and embeddings the store holds now, compared with the pinned baseline if there is
+    one; `pin_baseline` first pins the latest version as the baseline. `store`: the serving process's own."""
+    from ingest.commitments import signed_entries
     from rag.wiring import build_store
 
-    entries = list(Ledger(settings.ledger_path).entries())
+    entries = signed_entries(Ledger(settings.ledger_path), settings.ledger_public_key)
     chunks: dict[str, ChunkText] = {}
-    if settings.chroma_path.exists() or settings.store.url:
-        for chunk, embedding in build_store(settings).contents():
+    if store is None and (settings.chroma_path.exists() or settings.store.url):
+        store = build_store(settings)
+    if store is not None:
+        for chunk, embedding in store.contents():
             digest = str(chunk.metadata.get("chunk_sha256", ""))
             if digest:
                 chunks[digest] = ChunkText(chunk.text, embedding)

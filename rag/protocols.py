@@ -43,6 +43,10 @@ class VectorStore(Protocol):
 
     def count(self) -> int: ...
 
+    def contents(self) -> list[tuple[StoredChunk, list[float]]]:
+        """Every chunk with its stored vector (the corpus report reads the whole store)."""
+        ...
+
 
 @runtime_checkable
 class Generator(Protocol):

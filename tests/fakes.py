@@ -59,6 +59,9 @@ class InMemoryStore:
     def ids(self) -> list[str]:
         return list(self.rows)
 
+    def contents(self) -> list[tuple[StoredChunk, list[float]]]:
+        return [(StoredChunk(i, c.text, dict(c.metadata)), list(e)) for i, (c, e) in self.rows.items()]
+
     def get(self, ids: Sequence[str], *, vectors: bool = False) -> list[StoredChunk]:
         return [
             StoredChunk(

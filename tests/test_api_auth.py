@@ -31,6 +31,7 @@ ROUTES = [
     ("GET", "/v1/ledger", "admin", None),
     ("GET", "/v1/ledger/verify", "admin", None),
     ("GET", "/metrics", "admin", None),
+    ("GET", "/v1/corpus/report", "admin", None),
 ]
 BELOW = {"reader": None, "curator": "reader", "admin": "curator"}
 
@@ -192,3 +193,12 @@ def test_rag_serve_refuses_to_start_off_loopback_without_keys(tmp_path: Path) ->
         [rag, "serve", "--host", "0.0.0.0", "--port", str(port)], capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 2 and "api_keys_required" in done.stderr, done.stderr
+
+
+def test_the_corpus_report_over_http_is_the_cli_report(client: TestClient, settings: Settings) -> None:
+    from ingest.corpus_report_view import collect
+
+    status, body = call(client, "GET", "/v1/corpus/report", None)  # no keys made: an open loopback server
+    assert status == 200 and body["versions"] and body["versions"][-1]["documents"] >= 1
+    assert body == collect(settings)
+    assert call(client, "GET", "/v1/corpus/report?gap_s=0", None)[0] == 422
