@@ -28,6 +28,7 @@ def read_all(args: argparse.Namespace) -> list[dict]:  # type: ignore[type-arg]
     from rag.evaluation.run import build_store, plan
     from rag.evaluation.squad import SquadData
     from rag.grounding import select_evidence
+    from rag.injection import without_instructions
     from rag.settings import Settings
     from rag.wiring import build_answer_service
 
@@ -48,7 +49,8 @@ def read_all(args: argparse.Namespace) -> list[dict]:  # type: ignore[type-arg]
             hits = service.retriever.retrieve(question.question, answer.top_k, None, admit=service.gate.admit)
             passages = [hit.chunk.text for hit in hits]
             best = max((hit.dense_score or 0.0 for hit in hits), default=0.0)
-            evidence = select_evidence(question.question, passages[: answer.reader_passages], answer.evidence_sentences)
+            usable = [without_instructions(text) for text in passages[: answer.reader_passages]]  # as the service
+            evidence = select_evidence(question.question, usable, answer.evidence_sentences)
             reading = service.reader.read(question.question, evidence, limit=16) if best >= 0.3 else None
             spans, texts, baselines = (reading.spans, reading.texts, reading.baselines) if reading else ([], [], [])
             record = {
