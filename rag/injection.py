@@ -37,8 +37,6 @@ _LABEL = re.compile(
     r"\s*(:)",
     re.IGNORECASE,
 )
-# Chat control tokens in text form (Gemma, ChatML, Llama). The local tokenizers are also told not to
-# parse control tokens out of the prompt (`split_special_tokens`); this covers remote servers too.
 # As an instruction: a label opening the sentence, or a capitalised one anywhere ("Answer: ..."); prose says
 # "the question: who ..." in lower case.
 _STARTS_WITH_LABEL = re.compile(r"^\W{0,3}" + _LABEL.pattern, re.IGNORECASE)
@@ -46,8 +44,12 @@ _CAPITAL_LABEL = re.compile(
     r"\b(?:Question|Answer|Context|System|Assistant|User|Human|Developer|Model|AI|Bot|Instructions?|Prompt|"
     r"QUESTION|ANSWER|CONTEXT|SYSTEM|ASSISTANT|USER|HUMAN|DEVELOPER|MODEL|BOT|INSTRUCTIONS?|PROMPT)\s*:"
 )
+# Chat control tokens in text form (Gemma, ChatML, Llama). The local tokenizers are also told not to
+# parse control tokens out of the prompt (`split_special_tokens`); this covers remote servers too.
 _CONTROL = re.compile(
-    r"<\|[^<>|\s]{1,40}\|>|</?(?:s|bos|eos|pad|unk|mask|start_of_turn|end_of_turn|start_of_image|end_of_image)>|\[/?INST\]|<<\s*/?SYS\s*>>",
+    r"<\|[^<>|\s]{1,40}\|>|"
+    r"</?(?:s|bos|eos|pad|unk|mask|start_of_turn|end_of_turn|start_of_image|end_of_image)>|"
+    r"\[/?INST\]|<<\s*/?SYS\s*>>",
     re.IGNORECASE,
 )
 _OPENS_UNIT = re.compile(r"^\W{0,3}(?:" + _LABEL.pattern + r"|<!--|-->|" + _CONTROL.pattern + ")", re.IGNORECASE)
