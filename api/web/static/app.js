@@ -16,6 +16,10 @@
     degenerate_answer: "The model's draft repeated itself, so it was not released.",
     grounding_check_failed: "The check that compares answers with their sources could not run, so the answer was withheld.",
     empty_knowledge_base: "The knowledge base holds no documents yet: a curator has to ingest some first.",
+    instruction: "The only answer found was an instruction written inside a source, so it was not released.",
+    prompt_text: "The draft repeated the service's own prompt, so it was not released.",
+    unlisted_url: "The draft named a web address that no source holds, so it was not released.",
+    forged_citation: "The draft cited a source number that does not exist, so it was not released.",
   };
   // Why a checked sentence was not released (only counts and codes ever leave the service).
   const REJECTIONS = {
@@ -27,6 +31,10 @@
     degenerate_answer: "repetition",
     withheld: "withheld with the rest",
     unsupported: "unsupported",
+    instruction: "an instruction from a source",
+    prompt_text: "the service's own prompt",
+    unlisted_url: "a web address no source holds",
+    forged_citation: "a citation that does not exist",
   };
   const ORIGINS = {
     human: "Signed as written by people.",
