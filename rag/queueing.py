@@ -8,12 +8,20 @@ A slot is held until the job's work has really stopped, so a job must be stoppab
 `JobControl` whose `cancel` event the requester sets when its client leaves or its deadline passes. A
 job still waiting is dropped; a running one sees the event through `current_job()` (the local
 generator checks it at every token and the remote one bounds its HTTP timeout by the deadline).
+
+A free slot is not enough to be admitted: a job with a deadline is also refused at once (503, Retry-After)
+when the work already ahead of it, estimated from the last jobs' run times, would not let it finish in time.
+On a slow or shared CPU an answer can take tens of seconds; without this, 16 clients filled the 8 slots and
+most of them waited the whole deadline for a 504 (bench/load.py), and a job started just before its deadline
+spent the generator's time on an answer nobody would receive.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
@@ -69,18 +77,36 @@ def current_job() -> JobControl | None:
 
 
 class GenerationQueue:
-    def __init__(self, capacity: int, *, retry_after_s: int = 5) -> None:
+    def __init__(self, capacity: int, *, retry_after_s: int = 5, history: int = 16) -> None:
         self.capacity = capacity
         self.retry_after_s = retry_after_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generator")
         self._slots = threading.BoundedSemaphore(capacity)
         self._held = 0  # slots taken: jobs running or waiting (the metrics' queue depth)
         self._count = threading.Lock()
+        self._run_times: deque[float] = deque(maxlen=history)  # seconds each of the last jobs ran to its end
+        self._running_since: float | None = None
 
     @property
     def depth(self) -> int:
         """Jobs running or waiting now."""
         return self._held
+
+    def job_seconds(self) -> float | None:
+        """The mean time the last jobs took to run (None before any has finished)."""
+        with self._count:
+            return sum(self._run_times) / len(self._run_times) if self._run_times else None
+
+    def work_ahead(self) -> float:
+        """Estimated seconds before a job submitted now would start: what the running job has left, and the
+        waiting jobs at the mean run time."""
+        with self._count:
+            if not self._held or not self._run_times:
+                return 0.0
+            mean = sum(self._run_times) / len(self._run_times)
+            since = self._running_since
+            running_left = mean if since is None else max(0.0, mean - (time.monotonic() - since))
+            return running_left + (self._held - 1) * mean
 
     def _release(self) -> None:
         with self._count:
@@ -88,7 +114,11 @@ class GenerationQueue:
         self._slots.release()
 
     def submit(self, fn: Callable[[], T], control: JobControl | None = None) -> Future[T]:
-        """Queue `fn`; its slot is freed when it ends, or at once when it is cancelled while still waiting."""
+        """Queue `fn`; its slot is freed when it ends, or at once when it is cancelled while still waiting.
+
+        ServiceBusyError when every slot is taken, or when `control` has a deadline the work ahead would not
+        let the job meet (only while other jobs are queued: an idle generator always takes the job)."""
+        self._refuse_if_too_late(control)
         if not self._slots.acquire(blocking=False):
             raise ServiceBusyError(
                 f"The generator is busy ({self.capacity} requests running or waiting); retry shortly.",
@@ -97,22 +127,53 @@ class GenerationQueue:
         with self._count:
             self._held += 1
         try:
-            future = self._executor.submit(_run, fn, control)
+            future = self._executor.submit(self._run, fn, control)
         except BaseException:
             self._release()
             raise
         future.add_done_callback(lambda _: self._release())
         return future
 
+    def _refuse_if_too_late(self, control: JobControl | None) -> None:
+        left = control.remaining() if control is not None else None
+        mean = self.job_seconds()
+        if left is None or mean is None:
+            return
+        finish = self.work_ahead() + mean
+        if self._held and finish > left:
+            # Retried after this long (and nothing else queued meanwhile), it would finish within its deadline.
+            wait = max(self.retry_after_s, math.ceil(finish - left))
+            raise ServiceBusyError(
+                f"The generator is busy: the answers queued ahead take about {finish - mean:.0f} s, more than "
+                f"this request has left; retry in {wait} s.",
+                retry_after_s=wait,
+            )
+
+    def _run(self, fn: Callable[[], T], control: JobControl | None) -> T:
+        if control is not None:
+            control.check()  # its client left or its time ran out while it waited
+        token = _current_job.set(control)
+        started = time.monotonic()
+        with self._count:
+            self._running_since = started
+        cut_short = True
+        try:
+            result = fn()
+            cut_short = False
+            return result
+        except JobCancelledError:
+            raise
+        except Exception:
+            cut_short = False  # a failure took its time too
+            raise
+        finally:
+            _current_job.reset(token)
+            # A job cancelled part-way (its client left, its deadline passed) says nothing about the next one's time.
+            cut_short = cut_short or (control is not None and control.cancel.is_set())
+            with self._count:
+                self._running_since = None
+                if not cut_short:
+                    self._run_times.append(time.monotonic() - started)
+
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _run(fn: Callable[[], T], control: JobControl | None) -> T:
-    if control is not None:
-        control.check()  # its client left or its time ran out while it waited
-    token = _current_job.set(control)
-    try:
-        return fn()
-    finally:
-        _current_job.reset(token)
