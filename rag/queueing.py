@@ -168,12 +168,16 @@ class GenerationQueue:
             raise
         finally:
             _current_job.reset(token)
-            # A job cancelled part-way (its client left, its deadline passed) says nothing about the next one's time.
+            ran = time.monotonic() - started
             cut_short = cut_short or (control is not None and control.cancel.is_set())
+            mean = self.job_seconds()
             with self._count:
                 self._running_since = None
-                if not cut_short:
-                    self._run_times.append(time.monotonic() - started)
+                # A job cancelled part-way (its client left, its deadline passed) needed at least the time it ran:
+                # that says something only when it is more than the mean (on an overloaded host, deadlines cut
+                # the slowest jobs, and leaving them out would keep the estimate too low).
+                if not cut_short or mean is None or ran > mean:
+                    self._run_times.append(ran)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
