@@ -369,9 +369,11 @@ def eval_history(ctx: typer.Context) -> None:
 def _register() -> None:
     from ingest.cli import register
     from rag.apikeys_cli import apikeys_app
+    from rag.doctor_cli import doctor
 
     register(app)
     app.add_typer(apikeys_app, name="apikeys")
+    app.command("doctor")(doctor)
 
 
 _register()

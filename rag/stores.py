@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from rag.embedders import same_model
 from rag.errors import BackendUnavailableError, ConflictError
 from rag.types import Chunk, StoredChunk
 
@@ -53,9 +54,12 @@ class ChromaStore:
         url: str | None = None,
         collection: str = "knowledge_base",
         embedder: str | None = None,
+        runtime: str | None = None,
     ) -> ChromaStore:
-        """Open (or create) the collection; `embedder` is recorded at creation and checked afterwards,
-        so vectors of two different embedders never meet in one collection."""
+        """Open (or create) the collection; `embedder` (the model id) is recorded at creation and checked
+        afterwards, so vectors of two different models never meet in one collection. Runtimes of one model
+        that agree within the tested tolerance share its id (`rag.embedder_choice`); `runtime`, the one that
+        created the collection, is recorded beside it for reference, not checked."""
         try:
             import chromadb
             from chromadb.config import Settings as ChromaSettings
@@ -87,14 +91,18 @@ class ChromaStore:
                 fresh = chromadb.PersistentClient(path=str(path), settings=chroma_settings)
                 return fresh.get_collection(collection)
 
-        metadata = {"hnsw:space": "cosine", **({"embedder": embedder} if embedder else {})}
+        metadata = {
+            "hnsw:space": "cosine",
+            **({"embedder": embedder} if embedder else {}),
+            **({"embedder_runtime": runtime} if embedder and runtime else {}),
+        }
         opened = client.get_or_create_collection(collection, metadata=metadata)
         recorded = (opened.metadata or {}).get("embedder")
-        if embedder and recorded and recorded != embedder:
+        if embedder and recorded and not same_model(str(recorded), embedder):
             raise ConflictError(
                 f"The collection {collection!r} holds vectors of {recorded}, but this run embeds with "
-                f"{embedder}; use the embedder it was built with (RAG_EMBEDDER__BACKEND, "
-                "RAG_EMBEDDER__QUANTIZE) or ingest into a new data dir.",
+                f"{embedder}; use the embedder model it was built with (RAG_EMBEDDER__MODEL_PATH) "
+                "or ingest into a new data dir.",
                 code="embedder_mismatch",
             )
         return cls(opened, reopen)

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from rag.embedders import OpenVinoEmbedder, SentenceTransformerEmbedder
+from rag.embedders import MINILM_ID, runtime_embedder
 from rag.protocols import Embedder, Generator, VectorStore
 from rag.retrieval import HybridRetriever, LexicalIndex
 from rag.settings import Settings
@@ -22,29 +22,43 @@ if TYPE_CHECKING:
     from rag.guardrails.registry import OutputRegistry, Quotable
 
 
-def build_embedder(settings: Settings, *, serving: bool = False) -> Embedder:
-    """`serving`: tuned for short requests (queries, answer checks) rather than batches of passages."""
+def embedder_runtime(settings: Settings, *, serving: bool = False) -> str:
+    """The runtime that embeds here: the one set explicitly, or this machine's measured choice for the shape
+    (measured on first use, then read from the model cache; `rag.embedder_choice`)."""
     cfg = settings.embedder
-    if cfg.backend == "openvino":
-        return OpenVinoEmbedder(
-            cfg.model_path,
-            cache_root=settings.model_cache_dir,
-            batch_size=cfg.batch_size,
-            quantize=cfg.quantize,
-            threads=cfg.threads,
-            latency=serving,
-        )
-    return SentenceTransformerEmbedder(
-        cfg.model_path, batch_size=cfg.batch_size, quantize=cfg.quantize, threads=cfg.threads
+    if cfg.backend != "auto":
+        precision = cfg.quantize or "int8"
+        return f"{cfg.backend}-{'f32' if precision == 'none' else precision}"
+    from rag.embedder_choice import machine_choice
+    from rag.embedders import default_minilm_path
+
+    source = cfg.model_path or default_minilm_path()
+    choice = machine_choice(settings.model_cache_dir, source, batch_size=cfg.batch_size, threads=cfg.threads)
+    return choice.runtime("query" if serving else "ingest")
+
+
+def build_embedder(settings: Settings, *, serving: bool = False) -> Embedder:
+    """`serving`: for short requests (queries, answer checks) rather than batches of passages."""
+    cfg = settings.embedder
+    return runtime_embedder(
+        embedder_runtime(settings, serving=serving),
+        cfg.model_path,
+        cache_root=settings.model_cache_dir,
+        batch_size=cfg.batch_size,
+        threads=cfg.threads,
+        serving=serving,
     )
 
 
-def build_store(settings: Settings, collection: str | None = None) -> ChromaStore:
+def build_store(settings: Settings, collection: str | None = None, *, runtime: str | None = None) -> ChromaStore:
+    """The collection, checked to hold vectors of this model (every agreeing runtime of MiniLM is one model);
+    `runtime` is recorded when this call creates it."""
     return ChromaStore.open(
         path=settings.chroma_path,
         url=settings.store.url,
         collection=collection or settings.store.collection,
-        embedder=build_embedder(settings).model_id,  # cheap: nothing is loaded until warm_up()
+        embedder=MINILM_ID,
+        runtime=runtime,
     )
 
 
@@ -61,13 +75,14 @@ def build_ingestor(
     from ingest.ledger import Ledger
     from ingest.pipeline import Ingestor
 
-    store = store or build_store(settings)
+    embedder = embedder or build_embedder(settings)
+    store = store or build_store(settings, runtime=getattr(embedder, "runtime", None))
     lexical = LexicalIndex(settings.lexical_path)
     ledger = Ledger(settings.ledger_path)
     return Ingestor(
         settings,
         store,
-        embedder or build_embedder(settings),
+        embedder,
         trust=trust,
         checks=content_checks(settings) if checks is None else checks,
         on_change=lambda: lexical.rebuild(store, ledger.read_head()),

@@ -43,11 +43,34 @@ def test_a_collection_refuses_vectors_of_another_embedder(tmp_path: Path) -> Non
     with pytest.raises(ConflictError) as caught:
         ChromaStore.open(path=tmp_path / "chroma", collection="kb1", embedder="minilm+int8")
     assert caught.value.code == "embedder_mismatch" and caught.value.http_status == 409
-    assert "minilm+openvino-int8" in caught.value.message and "RAG_EMBEDDER__BACKEND" in caught.value.message
+    assert "minilm+openvino-int8" in caught.value.message and "RAG_EMBEDDER__MODEL_PATH" in caught.value.message
 
-    # Through the settings: the same data dir with the torch backend is refused, the default is not.
-    settings = Settings(data_dir=tmp_path / "data")
-    build_store(settings).upsert([Chunk("c0", "d", 0, "text", "", "", {"doc_id": "d"})], [[1.0, 0.0]])
+    # Another model is refused through the settings too: a collection of MiniLM's vectors, another model's id.
+    build_store(Settings(data_dir=tmp_path / "data")).upsert(
+        [Chunk("c0", "d", 0, "text", "", "", {"doc_id": "d"})], [[1.0, 0.0]]
+    )
     with pytest.raises(ConflictError):
-        build_store(Settings(data_dir=tmp_path / "data", embedder={"backend": "torch"}))
-    assert build_store(Settings(data_dir=tmp_path / "data")).count() == 1
+        ChromaStore.open(path=Settings(data_dir=tmp_path / "data").chroma_path, embedder="intfloat/e5-small-v2")
+
+
+def test_runtimes_of_one_model_share_a_collection(tmp_path: Path) -> None:
+    """Every runtime of MiniLM that agrees with float32 is one model: a collection built by one runtime is
+    queried by another (and by the ids collections recorded before runtimes shared one)."""
+    from rag.embedders import MINILM_ID
+    from rag.settings import Settings
+    from rag.wiring import build_store
+
+    settings = Settings(data_dir=tmp_path / "data", embedder={"backend": "openvino", "quantize": "int8"})
+    built = build_store(settings, runtime="openvino-int8")
+    built.upsert(
+        [Chunk(f"c{i}", "d", i, f"text {i}", "", "", {"doc_id": "d"}) for i in range(2)], [[1.0, 0.0], [0.0, 1.0]]
+    )
+    queried = build_store(Settings(data_dir=tmp_path / "data", embedder={"backend": "torch", "quantize": "none"}))
+    assert [c.id for c in queried.query([0.99, 0.1], 1)] == ["c0"]
+    metadata = queried._collection.metadata
+    assert metadata["embedder"] == MINILM_ID and metadata["embedder_runtime"] == "openvino-int8"
+    for legacy in (f"{MINILM_ID}+openvino-int8", f"{MINILM_ID}+int8"):
+        old = ChromaStore.open(path=tmp_path / "old", collection=legacy.rsplit("+", 1)[1], embedder=legacy)
+        old.upsert([Chunk("c0", "d", 0, "text", "", "", {"doc_id": "d"})], [[1.0, 0.0]])
+        again = ChromaStore.open(path=tmp_path / "old", collection=legacy.rsplit("+", 1)[1], embedder=MINILM_ID)
+        assert again.count() == 1

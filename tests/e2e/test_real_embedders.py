@@ -31,7 +31,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def openvino(tmp_path_factory: pytest.TempPathFactory) -> OpenVinoEmbedder:
-    embedder = build_embedder(Settings())  # the default backend, with the machine's model cache
+    # int8 set explicitly (the measured choice may pick another runtime), with the machine's model cache
+    embedder = build_embedder(Settings(embedder={"backend": "openvino"}))
     assert isinstance(embedder, OpenVinoEmbedder) and embedder.quantize == "int8"
     embedder.warm_up()
     return embedder
@@ -130,7 +131,8 @@ CONCURRENT_FIRST_USE = textwrap.dedent(
     texts = [str(topics[name])[:800] for name in sorted(topics)[:40]]
     jobs = [texts[i : i + 1] if i % 2 else texts for i in range(8)]  # one batch, and several in flight
     for serving in (False, True):
-        embedder = build_embedder(Settings(), serving=serving)  # fresh bindings state: first use is concurrent
+        # fresh bindings state: first use is concurrent
+        embedder = build_embedder(Settings(embedder={"backend": "openvino"}), serving=serving)
         with ThreadPoolExecutor(4) as pool:
             together = list(pool.map(embedder.embed, jobs))
         alone = [embedder.embed(job) for job in jobs]
