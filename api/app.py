@@ -79,7 +79,7 @@ def create_app(
         max_header_bytes=settings.server.max_incomplete_event_bytes,
         max_upload_bytes=settings.server.max_upload_bytes,
     )
-    auth.install(app, settings, anonymous=anonymous)  # CORS, when origins are listed, wraps the limits
+    auth.install(app, settings, anonymous=anonymous)  # the key check, then CORS (if listed), wrap the limits
     app.add_middleware(RequestMetrics, metrics=metrics, routes=lambda: app.routes)  # outermost: sees every refusal
     install(app, Redactor(settings))
     for module in (health, documents, page, ledger, corpus):  # each of their routes states the role it needs, if any

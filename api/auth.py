@@ -17,8 +17,11 @@ from functools import cache
 from typing import Annotated, ClassVar
 
 from fastapi import FastAPI, Request, Security
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.errors import error_body
 from api.ratelimit import RateLimiter
 from rag.apikeys import ApiKeyStore, Role, allows
 from rag.errors import RagError
@@ -114,12 +117,40 @@ def require(needed: Role) -> Callable[..., Awaitable[Caller | None]]:
     return dependency
 
 
+class KeyFirst:
+    """A request that brings a body (POST, PUT, PATCH) without a usable key is refused (401) before its body is
+    read: otherwise anyone could hold connections open sending megabytes the server reads before asking who
+    they are. Roles and rate limits are still checked per route (`require`); this only asks "is there a key"."""
+
+    BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in self.BODY_METHODS:
+            gate: Gatekeeper = scope["app"].state.gatekeeper
+            authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+            try:
+                gate.identify(authorization)
+            except AuthenticationError as exc:
+                refusal = JSONResponse(
+                    error_body(exc.code, exc.message), status_code=exc.http_status, headers=exc.headers
+                )
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def install(app: FastAPI, settings: Settings, *, anonymous: bool) -> None:
-    """Attach the gatekeeper (keys from the operator's folder, buckets from settings) and CORS if origins are listed."""
+    """Attach the gatekeeper (keys from the operator's folder, buckets from settings), the key check before a body
+    is read (outside the request limits, which read it) and CORS if origins are listed (outside both: a
+    preflight needs no key)."""
     cfg = settings.api
     app.state.gatekeeper = Gatekeeper(
         ApiKeyStore(settings.api_keys_path), RateLimiter(cfg.rate_per_s, cfg.rate_burst), anonymous=anonymous
     )
+    app.add_middleware(KeyFirst)
     if cfg.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 

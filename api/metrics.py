@@ -160,7 +160,7 @@ class RequestMetrics:
             await self.app(scope, receive, counted)
         finally:
             route = self._route(scope)
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.requests.labels(route, _method(scope["method"]), str(status)).inc()
             self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
 
     def _route(self, scope: Scope) -> str:
@@ -198,3 +198,11 @@ async def metrics(request: Request) -> Response:
     """Counters and histograms in Prometheus' text format (admin role)."""
     collected: ServiceMetrics = request.app.state.metrics
     return Response(collected.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+METHODS = frozenset({"GET", "POST", "DELETE", "HEAD", "OPTIONS", "PUT", "PATCH"})
+
+
+def _method(method: str) -> str:
+    """A method as a label: any name is a valid HTTP method, so others are one label (bounded series)."""
+    return method if method in METHODS else "other"

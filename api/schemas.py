@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FilterValue = str | list[str]
 GROUNDED = (
@@ -13,7 +13,28 @@ GROUNDED = (
 )
 
 
-class AnswerRequest(BaseModel):
+class _Text(BaseModel):
+    """A request body whose every string is valid Unicode: JSON's `\\ud800` escapes decode to lone surrogates,
+    which no encoder, tokenizer or store takes; such a body is refused here (422), not deep inside."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        pending = [data]
+        while pending:
+            value = pending.pop()
+            if isinstance(value, str):
+                if any("\ud800" <= ch <= "\udfff" for ch in value):
+                    raise ValueError("A string holds a lone UTF-16 surrogate (`\\ud800`-`\\udfff`): not valid text")
+            elif isinstance(value, dict):
+                pending.extend(value.keys())
+                pending.extend(value.values())
+            elif isinstance(value, list):
+                pending.extend(value)
+        return data
+
+
+class AnswerRequest(_Text):
     model_config = ConfigDict(extra="forbid", strict=True)  # strict: `"top_k": "3"` or `true` is not an integer
 
     question: str = Field(..., description="Up to 2,000 characters.")
@@ -75,7 +96,7 @@ class ChatMessage(BaseModel):
     audio: Any = Field(None, description=IGNORED)
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(_Text):
     """The OpenAI chat completions body; OpenAI's other fields are accepted and ignored, unknown ones refused."""
 
     model_config = ConfigDict(extra="forbid", strict=True)

@@ -81,6 +81,9 @@ def uvicorn_config(app: Any, settings: Settings, *, host: str, port: int, log_le
         backlog=limits.backlog,
         timeout_graceful_shutdown=limits.graceful_shutdown_s,
         server_header=False,  # no software banner
+        # Client addresses are the socket's: X-Forwarded-For from any local client would pick its own
+        # address and step around the per-address rate limit. Behind a proxy, rate-limit there.
+        proxy_headers=False,
     )
 
 

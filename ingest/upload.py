@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ingest.decisions import IngestReport
 from ingest.loaders import SUPPORTED_SUFFIXES, is_document
-from ingest.provenance import manifest_path
+from ingest.provenance import MANIFEST_SUFFIX, manifest_path
 from rag.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -57,6 +57,8 @@ def document_id(name: str) -> str:
         or any(ch in name for ch in "\\\x00")
         or any(not ch.isprintable() for ch in name)
         or any(part in ("", ".", "..") or len(part.encode("utf-8")) > 255 for part in parts)
+        # Its manifest is written beside it as `<name>.prov.json`: that name must fit a file name too.
+        or len((parts[-1] + MANIFEST_SUFFIX).encode("utf-8")) > 255
     )
     if bad:
         raise InvalidInputError(
@@ -79,9 +81,15 @@ def ingest_upload(
     with tempfile.TemporaryDirectory(prefix="rag-upload-") as folder:
         root = Path(folder)  # made 0700 by tempfile: no other user can put a link in it
         target = root / doc_id
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _write_new(target, document)
-        _write_new(manifest_path(target), manifest)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_new(target, document)
+            _write_new(manifest_path(target), manifest)
+        except OSError as exc:  # a name this file system refuses (too long a path, say)
+            raise InvalidInputError(
+                f"The document {doc_id!r} cannot be stored under that name on this server ({exc.strerror}).",
+                code="invalid_document_name",
+            ) from exc
         report = ingestor.ingest([], documents=[(target, root)], allow_signer_change=allow_signer_change)
         return _outcome(report, doc_id, str(root))
 

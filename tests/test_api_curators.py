@@ -123,7 +123,8 @@ def test_refused_uploads_are_422_with_the_reason_code(
 @pytest.mark.parametrize(
     ("name", "code"),
     [("../while.md", "invalid_document_name"), ("/etc/while.md", "invalid_document_name"),
-     ("a//b.md", "invalid_document_name"), ("while.exe", "unsupported_type"), ("a\\b.md", "invalid_document_name")],
+     ("a//b.md", "invalid_document_name"), ("while.exe", "unsupported_type"), ("a\\b.md", "invalid_document_name"),
+     ("w" * 244 + ".md", "invalid_document_name")],  # fits a file name, its `.prov.json` beside it does not
 )  # fmt: skip
 def test_bad_names_are_refused_before_anything_is_written(
     client: TestClient, curator: Curator, tmp_path: Path, settings: Settings, name: str, code: str

@@ -24,7 +24,8 @@ from urllib.parse import quote
 log = logging.getLogger(__name__)
 
 FIELD_CHARS = 120
-_MARKUP = re.compile(r"([\\`*_{}\[\]<>()#|~!])")
+# Markup, and what GFM's autolinks start from (a scheme's colon, an address's @, "www."): a title stays text.
+_MARKUP = re.compile(r"([\\`*_{}\[\]<>()#|~!:@]|(?<=www)\.)")
 
 QUOTATION = (
     "Answer: a quotation of the signed human-written source, chosen by a model and not written by one; "

@@ -31,7 +31,8 @@ EMPTY_ANSWERS = {"tags": [], "follow_ups": [], "queries": [], "text": "", "tool_
 _OUTPUT_KEY = re.compile(r'\{\s*"([A-Za-z_]+)"\s*:')
 _HISTORY_USER = re.compile(r"(?:^|\n)\s*USER:\s*(.*?)(?=\n\s*(?:USER|ASSISTANT|SYSTEM):|\Z)", re.S)
 _QUOTED_USER = re.compile(r"\|\|>User:\s*(.*?)(?=\|\|>Response:|\Z)", re.S)
-_USER_QUERY = re.compile(r"<user_query>\s*(.*?)\s*</user_query>", re.S)
+USER_QUERY_OPEN, USER_QUERY_CLOSE = "<user_query>", "</user_query>"
+_MARK = re.compile(r"\[\s*\d+\s*\]")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ def recognise(turns: Sequence[tuple[str, str]]) -> ClientTask | None:
     if "||>User:" in last and any("title" in text.lower() for role, text in turns if role in ("user", "system")):
         return ClientTask("title", title_from(_first(_QUOTED_USER, last).strip().strip('"')))
     systems = [text.strip() for role, text in turns if role in ("system", "developer")]
+    # Open WebUI lists the tools in this system prompt (not in `tools`): answered with no tool call. It can
+    # only turn a question into that empty reply, never loosen a check.
     if any(text.startswith("Available Tools:") and '"tool_calls"' in text for text in systems):
         return ClientTask("tool_calls", json.dumps({"tool_calls": []}))
     return None
@@ -66,8 +69,12 @@ def recognise(turns: Sequence[tuple[str, str]]) -> ClientTask | None:
 
 def unwrap_question(text: str) -> str:
     """The user's own question when a client wrapped it in its retrieval prompt (`<user_query>`), else `text`."""
-    if text.lstrip().startswith(TASK_HEAD) and "<user_query>" in text:
-        inner = _first(_USER_QUERY, text)
+    if text.lstrip().startswith(TASK_HEAD):
+        # Found by position, not by a pattern: a lazy pattern around whitespace backtracks for minutes on a
+        # long message whose closing tag is missing, and this runs on the event loop.
+        start = text.find(USER_QUERY_OPEN)
+        end = text.find(USER_QUERY_CLOSE, start + len(USER_QUERY_OPEN)) if start >= 0 else -1
+        inner = text[start + len(USER_QUERY_OPEN) : end].strip() if end >= 0 else ""
         if inner:
             return inner
     return text
@@ -76,7 +83,7 @@ def unwrap_question(text: str) -> str:
 def title_from(question: str) -> str:
     """A chat title made of the question's first words (at most six, fifty characters), nothing invented."""
     kept: list[str] = []
-    for word in question.split():
+    for word in _MARK.sub(" ", question).split():  # no "[n]" that reads as a citation
         if len(kept) == TITLE_WORDS or len(" ".join([*kept, word])) > TITLE_CHARS:
             break
         kept.append(word)
