@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -27,6 +28,42 @@ def vector_sha256(vector: Sequence[float] | Any) -> str:
     Chroma keeps vectors as float32 and may rescale one in a cosine collection, so ingest hashes the vectors
     as the store reads them back after writing, never the embedder's output."""
     return hashlib.sha256(np.asarray(vector, dtype="<f4").tobytes()).hexdigest()
+
+
+class _ServerCollection:
+    """A Chroma server's collection: a call that cannot reach the server (it stopped, the network went) raises
+    `backend_unavailable` naming the server, instead of the HTTP library's exception (a CLI `internal_error`,
+    an API 500). A write cut this way is safe to repeat: ingest writes chunks before the ledger entry that
+    commits them, and the next run removes what no entry commits."""
+
+    def __init__(self, collection: Any, url: str) -> None:
+        self._collection = collection
+        self._url = url
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._collection, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with _reaching(self._url):
+                return attribute(*args, **kwargs)
+
+        return call
+
+
+@contextmanager
+def _reaching(url: str) -> Iterator[None]:
+    import httpx
+
+    try:
+        yield
+    except (httpx.TransportError, ConnectionError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise BackendUnavailableError(
+            f"The Chroma server at {url} stopped answering ({reason}); retry once it is back "
+            "(an interrupted ingest converges when run again)."
+        ) from exc
 
 
 class ChromaStore:
@@ -96,7 +133,8 @@ class ChromaStore:
             **({"embedder": embedder} if embedder else {}),
             **({"embedder_runtime": runtime} if embedder and runtime else {}),
         }
-        opened = client.get_or_create_collection(collection, metadata=metadata)
+        with _reaching(url) if url else nullcontext():
+            opened = client.get_or_create_collection(collection, metadata=metadata)
         recorded = (opened.metadata or {}).get("embedder")
         if embedder and recorded and not same_model(str(recorded), embedder):
             raise ConflictError(
@@ -105,7 +143,7 @@ class ChromaStore:
                 "or ingest into a new data dir.",
                 code="embedder_mismatch",
             )
-        return cls(opened, reopen)
+        return cls(_ServerCollection(opened, url) if url else opened, reopen)
 
     def upsert(self, chunks: Sequence[Chunk], embeddings: Sequence[Sequence[float]]) -> None:
         for start in range(0, len(chunks), _WRITE_BATCH):

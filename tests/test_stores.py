@@ -74,3 +74,28 @@ def test_runtimes_of_one_model_share_a_collection(tmp_path: Path) -> None:
         old.upsert([Chunk("c0", "d", 0, "text", "", "", {"doc_id": "d"})], [[1.0, 0.0]])
         again = ChromaStore.open(path=tmp_path / "old", collection=legacy.rsplit("+", 1)[1], embedder=MINILM_ID)
         assert again.count() == 1
+
+
+def test_a_chroma_server_that_stops_answering_is_backend_unavailable() -> None:
+    """Not the HTTP library's exception (a CLI `internal_error`, an API 500): a coded error naming the server."""
+    import httpx
+
+    from rag.errors import BackendUnavailableError
+
+    class Unreachable:
+        def upsert(self, **_: object) -> None:
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+
+        def count(self) -> int:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+    store = ChromaStore(stores._ServerCollection(Unreachable(), "http://127.0.0.1:8001"))
+    with pytest.raises(BackendUnavailableError) as refused:
+        store.upsert([Chunk("c0", "d", 0, "text", "", "", {"doc_id": "d"})], [[1.0, 0.0]])
+    assert refused.value.code == "backend_unavailable"
+    assert (
+        "http://127.0.0.1:8001 stopped answering (" in refused.value.message
+        and "Connection refused" in refused.value.message
+    )
+    with pytest.raises(BackendUnavailableError, match="Server disconnected"):
+        store.count()
