@@ -55,6 +55,14 @@ def run_peer(dataset: Path, limit: int) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def machine() -> dict[str, str]:
+    """The CPU the figures were measured on (README figures are per CPU)."""
+    from rag.embedder_choice import cpu_description
+
+    cpu, flags = cpu_description()
+    return {"cpu": cpu, "cpu_flags": " ".join(flags)}
+
+
 def retrieval_latency(retriever: object, questions: list[str]) -> list[float]:
     timings = []
     for question in questions:
@@ -314,6 +322,7 @@ def compare_runtimes(args: argparse.Namespace) -> None:
     print(f"{'figure':<24}" + "".join(f"{variant:>16}" for variant in variants))
     for label, key in table:
         print(f"{label:<24}" + "".join(f"{figures.get(f'{variant}_{key}', '-')!s:>16}" for variant in variants))
+    figures.update(machine())
     if args.save:
         args.save.write_text(json.dumps({"figures": figures, "prompts": prompts, "runs": runs}, indent=1))
     print(json.dumps(figures))
@@ -365,8 +374,9 @@ def main() -> None:
         root = Path(tmp)
         corpus, trust = write_signed_passages(data.passages, root / "signed")
         settings = Settings(data_dir=root / "data", trust_path=trust)
-        embedder = build_embedder(settings)
-        build_ingestor(settings, embedder).ingest([corpus])
+        build_ingestor(settings, build_embedder(settings)).ingest([corpus])
+        embedder = build_embedder(settings, serving=True)  # the server's runtime for queries
+        figures.update(machine(), embedder_runtime=str(getattr(embedder, "runtime", "")))
         retriever = build_retriever(settings, embedder)
         retriever.warm_up()  # what the server does before /readyz turns ready
         small = retrieval_latency(retriever, [q.question for q in sample])

@@ -92,19 +92,32 @@ def ingest_once(args: argparse.Namespace) -> dict[str, float | int | str]:
             chunks=first.chunks,
             reingest_seconds=round(reseconds, 3),
             reingest_speedup=round(seconds / reseconds, 1),
+            embedder_runtime=str(getattr(embedder, "runtime", "")),
+            # What ingest held at most, before the query embedder below is built.
+            peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         )
 
-        # Retrieval sanity for the (int8) embeddings: dense-only recall@4 of the gold passage.
+        # Retrieval sanity for the stored vectors: dense-only recall@4 of the gold passage, the questions
+        # embedded as the server embeds them (its runtime may be another agreeing one).
         store = build_store(settings)
         sample = random.Random(0).sample(questions, min(args.recall_questions, len(questions)))
-        vectors = embedder.embed([q for q, _ in sample])
+        asker = build_embedder(settings, serving=True)
+        figures["query_embedder_runtime"] = str(getattr(asker, "runtime", ""))
+        vectors = [asker.embed([q])[0] for q, _ in sample]
         hits = 0
         for (_, gold), vec in zip(sample, vectors, strict=True):
             got = store.query(vec, 4)
             hits += any(h.metadata["doc_id"] == passage_doc_id(gold) for h in got)
         figures["dense_recall_at_4"] = round(hits / len(sample), 3)
-    figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return figures
+
+
+def machine() -> dict[str, object]:
+    """The CPU the figures were measured on (README figures are per CPU) and its load meanwhile."""
+    from rag.embedder_choice import cpu_description
+
+    cpu, flags = cpu_description()
+    return {"cpu": cpu, "cpu_flags": " ".join(flags), "cpus": os.cpu_count(), "load_1min_at_end": os.getloadavg()[0]}
 
 
 def median(rounds: list[dict[str, float]], key: str) -> float:
@@ -142,6 +155,8 @@ def main() -> None:
 
     last = ours_rounds[-1]
     figures: dict[str, object] = {
+        **machine(),
+        "embedder_runtime": {"ingest": last["embedder_runtime"], "query": last["query_embedder_runtime"]},
         "passages": last["passages"],
         "chunks": last["chunks"],
         "loop_guard": last["loop_guard"],

@@ -34,6 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from rag.embedders import MINILM_ID, OpenVinoEmbedder, SentenceTransformerEmbedder
 from rag.progress import step
 
 REFERENCE = "torch-f32"
@@ -298,3 +299,40 @@ def measure_in_child(
             step(f"embedder: the measurement failed (exit {done.returncode}); using the reference, {REFERENCE}")
             return [Measurement(REFERENCE, error=f"measurement failed, exit {done.returncode}")]
         return [measurement_from_json(m) for m in json.loads(out.read_text(encoding="utf-8"))]
+
+
+# --- runtimes by name, and the model they share --------------------------------------------------------
+
+# Ids collections recorded before the runtimes of MiniLM shared one: each names a runtime of MiniLM.
+LEGACY_IDS = frozenset({f"{MINILM_ID}+int8", f"{MINILM_ID}+openvino-int8", f"{MINILM_ID}+openvino"})
+
+
+def same_model(recorded: str, current: str) -> bool:
+    """Whether vectors recorded under `recorded` and those of `current` may share an index."""
+
+    def canonical(model: str) -> str:
+        return MINILM_ID if model in LEGACY_IDS else model
+
+    return canonical(recorded) == canonical(current)
+
+
+def runtime_embedder(
+    runtime: str,
+    source: Path | None,
+    *,
+    cache_root: Path,
+    batch_size: int = 16,
+    threads: int | None = None,
+    serving: bool = False,
+) -> SentenceTransformerEmbedder | OpenVinoEmbedder:
+    """The embedder of a runtime name, `backend-precision` (`openvino-int8`, `torch-f32`, ...). `serving`:
+    tuned for short requests (OpenVINO's latency hint) rather than batches of passages."""
+    backend, _, precision = runtime.partition("-")
+    quantize = "none" if precision == "f32" else precision
+    if backend == "torch":
+        return SentenceTransformerEmbedder(source, batch_size=batch_size, quantize=quantize, threads=threads)
+    if backend == "openvino":
+        return OpenVinoEmbedder(
+            source, cache_root=cache_root, batch_size=batch_size, quantize=quantize, threads=threads, latency=serving
+        )
+    raise ValueError(f"Unknown embedder runtime {runtime!r}.")

@@ -2,29 +2,36 @@
 
 Run by `rag.embedder_choice` in a child process of its own. Each candidate is built as the stack would use
 it (batches on OpenVINO's throughput streams for ingest, one request on its latency stream for queries),
-checked against the float32 reference on the calibration texts, then timed in alternating rounds (the
-order rotates each round, so none always runs on the cooler machine) and the median kept.
+checked against the float32 reference on the calibration texts, timed once, and released before the next
+is built, so at most one candidate's compiled kernels are held at a time (all at once held 2.5 GB). The
+close contenders of each shape (within `CONTENDERS_WITHIN` of the fastest) are then timed against each
+other in alternating rounds (the order rotates each round, so none always runs on the cooler machine),
+and the median kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rag.embedder_choice import REFERENCE, RUNTIMES, Measurement
-from rag.embedders import calibration_texts, runtime_embedder
+from rag.embedder_choice import REFERENCE, RUNTIMES, SHAPES, Measurement, runtime_embedder
+from rag.embedders import OpenVinoEmbedder, calibration_texts
 from rag.progress import step
 from rag.protocols import Embedder
 
 ROUNDS = 3
+# Runtimes whose first timing is within this factor of the fastest are timed again, against each other.
+CONTENDERS_WITHIN = 1.5
+MAX_CONTENDERS = 3
 WHAT_IS_BUILT = {
     "torch-f32": "sentence-transformers in float32, the reference",
     "torch-int8": "torch with dynamic int8 Linear layers",
@@ -85,73 +92,122 @@ def _spread(values: list[float]) -> tuple[float, float]:
     return round(min(values), 5), round(statistics.fmean(values), 5)
 
 
+@dataclass(frozen=True)
+class Workload:
+    """What is embedded: every text for agreement, fewer for timing (two full batches; single questions)."""
+
+    texts: list[str]
+    queries: list[str]
+    timed_passages: list[str]
+    timed_queries: list[str]
+
+    @classmethod
+    def default(cls, batch_size: int) -> Workload:
+        texts, queries = calibration_texts(), query_texts()
+        return cls(texts, queries, [t for t in texts if len(t) >= 1000][: 2 * batch_size], queries[::6])
+
+
+def time_shape(embedder: Embedder, shape: str, work: Workload) -> float:
+    """Seconds for the timed passages in batches, or the median milliseconds of one short text."""
+    if shape == "ingest":
+        started = time.perf_counter()
+        embedder.embed(work.timed_passages)
+        return time.perf_counter() - started
+    each = []
+    for text in work.timed_queries:
+        started = time.perf_counter()
+        embedder.embed([text])
+        each.append((time.perf_counter() - started) * 1000)
+    return statistics.median(each)
+
+
+def release(*embedders: Embedder) -> None:
+    """Free a candidate's model and kernels before the next is built."""
+    for embedder in embedders:
+        if isinstance(embedder, OpenVinoEmbedder):
+            embedder.release()
+    gc.collect()
+
+
+def first_pass(
+    runtime: str, env: tuple[Path, Path, int, int | None], work: Workload, reference: Any
+) -> tuple[Measurement, Any]:
+    """Build one runtime, check its agreement in both shapes, time it once in each shape it is eligible for,
+    release it. `reference` holds the float32 vectors (None while measuring the reference itself)."""
+    batched = build(runtime, *env, serving=False)
+    single = batched if runtime.startswith("torch-") else build(runtime, *env, serving=True)
+    try:
+        vectors = batched.embed(work.texts)  # also warms the kernels of every padded length timed below
+        singles = [single.embed([text])[0] for text in work.queries]
+        if reference is None:
+            reference = (vectors, singles)
+        found = Measurement(runtime, _spread(cosines(vectors, reference[0])), _spread(cosines(singles, reference[1])))
+        times = {
+            shape: time_shape(batched if shape == "ingest" else single, shape, work)
+            for shape in SHAPES
+            if found.eligible(shape)
+        }
+        return replace(found, ingest_s=times.get("ingest"), query_ms=times.get("query")), (vectors, singles)
+    finally:
+        release(batched, single)
+
+
 def measure(
     cache_root: Path, source: Path, batch_size: int = 16, threads: int | None = None, rounds: int = ROUNDS
 ) -> list[Measurement]:
-    texts, queries = calibration_texts(), query_texts()
-    timed_passages = [t for t in texts if len(t) >= 1000][: 2 * batch_size]  # full-length chunks, two batches
-    timed_queries = queries[::6]
-    pairs: dict[str, tuple[Embedder, Embedder]] = {}
-    agreement: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {}
-    errors: dict[str, str] = {}
-    reference: tuple[list[list[float]], list[list[float]]] | None = None
+    work = Workload.default(batch_size)
+    env = (cache_root, source, batch_size, threads)
+    results: dict[str, Measurement] = {}
+    reference: Any = None
     for runtime in candidates():
         step(f"embedder: building {runtime} ({WHAT_IS_BUILT[runtime]})")
+        if reference is None and runtime != REFERENCE:
+            results[runtime] = Measurement(runtime, error="the reference could not be built, so agreement is unknown")
+            continue
         try:
-            batched = build(runtime, cache_root, source, batch_size, threads, serving=False)
-            single = (
-                batched
-                if runtime.startswith("torch-")
-                else build(runtime, cache_root, source, batch_size, threads, True)
-            )
-            vectors = batched.embed(texts)  # also warms the kernels of every padded length timed below
-            singles = [single.embed([text])[0] for text in queries]
+            results[runtime], vectors = first_pass(runtime, env, work, reference)
         except Exception as exc:  # one runtime that cannot run here must not stop the others
-            errors[runtime] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
-            step(f"embedder: {runtime} cannot run here: {errors[runtime]}")
+            results[runtime] = Measurement(runtime, error=f"{type(exc).__name__}: {str(exc).strip()[:200]}")
+            step(f"embedder: {runtime} cannot run here: {results[runtime].error}")
             continue
-        if runtime == REFERENCE:
-            reference = (vectors, singles)
-        if reference is None:
-            errors[runtime] = "the reference could not be built, so agreement is unknown"
-            continue
-        agreement[runtime] = (_spread(cosines(vectors, reference[0])), _spread(cosines(singles, reference[1])))
-        pairs[runtime] = (batched, single)
-    step(f"embedder: timing {len(pairs)} runtimes, {rounds} alternating rounds")
-    timings = _time_rounds(pairs, timed_passages, timed_queries, rounds)
-    out = [
-        Measurement(
-            name,
-            agreement[name][0],
-            agreement[name][1],
-            round(statistics.median(timings[name]["ingest"]), 4),
-            round(statistics.median(timings[name]["query"]), 3),
-        )
-        for name in pairs
-    ]
-    return out + [Measurement(name, error=error) for name, error in errors.items()]
+        reference = reference or vectors
+    for shape in SHAPES:
+        names = contenders(list(results.values()), shape)
+        if len(names) > 1 and rounds > 1:
+            step(f"embedder: timing {', '.join(names)} against each other for {shape}, {rounds} alternating rounds")
+            for name, value in runoff(names, shape, env, work, rounds).items():
+                kept = results[name]
+                results[name] = replace(kept, ingest_s=value) if shape == "ingest" else replace(kept, query_ms=value)
+    return list(results.values())
 
 
-def _time_rounds(
-    pairs: dict[str, tuple[Embedder, Embedder]], passages: list[str], queries: list[str], rounds: int
-) -> dict[str, dict[str, list[float]]]:
-    """Each round times every runtime once in each shape, in an order rotated by one per round."""
-    timings: dict[str, dict[str, list[float]]] = {name: {"ingest": [], "query": []} for name in pairs}
-    order = list(pairs)
-    for number in range(rounds):
-        shift = number % len(order) if order else 0
-        for name in order[shift:] + order[:shift]:
-            batched, single = pairs[name]
-            started = time.perf_counter()
-            batched.embed(passages)
-            timings[name]["ingest"].append(time.perf_counter() - started)
-            each = []
-            for text in queries:
-                started = time.perf_counter()
-                single.embed([text])
-                each.append((time.perf_counter() - started) * 1000)
-            timings[name]["query"].append(statistics.median(each))
-    return timings
+def contenders(measured: list[Measurement], shape: str) -> list[str]:
+    """The eligible runtimes whose single timing came within `CONTENDERS_WITHIN` of the fastest (at most
+    `MAX_CONTENDERS`, which bounds the memory of holding them together)."""
+    timed = sorted((m for m in measured if m.eligible(shape) and m.time(shape)), key=lambda m: m.time(shape) or 0.0)
+    if not timed:
+        return []
+    best = timed[0].time(shape) or 0.0
+    return [m.runtime for m in timed if (m.time(shape) or 0.0) <= best * CONTENDERS_WITHIN][:MAX_CONTENDERS]
+
+
+def runoff(
+    names: list[str], shape: str, env: tuple[Path, Path, int, int | None], work: Workload, rounds: int
+) -> dict[str, float]:
+    """The contenders held together and timed in alternating rounds; the median of each."""
+    built = {name: build(name, *env, serving=shape == "query") for name in names}
+    try:
+        for embedder in built.values():
+            time_shape(embedder, shape, work)  # warm: the kernels of these shapes were freed with the first pass
+        timings: dict[str, list[float]] = {name: [] for name in names}
+        for number in range(rounds):
+            shift = number % len(names)
+            for name in names[shift:] + names[:shift]:
+                timings[name].append(time_shape(built[name], shape, work))
+        digits = 4 if shape == "ingest" else 3
+        return {name: round(statistics.median(values), digits) for name, values in timings.items()}
+    finally:
+        release(*built.values())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

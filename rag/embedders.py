@@ -26,41 +26,6 @@ log = logging.getLogger(__name__)
 # Every runtime of MiniLM that agrees with the float32 reference within the tested tolerance gives the same
 # model's vectors, so they share one id (`rag.embedder_choice` says how agreement is decided).
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
-# Ids collections recorded before the runtimes of MiniLM shared one: each names a runtime of MiniLM.
-LEGACY_IDS = frozenset({f"{MINILM_ID}+int8", f"{MINILM_ID}+openvino-int8", f"{MINILM_ID}+openvino"})
-
-
-def same_model(recorded: str, current: str) -> bool:
-    """Whether vectors recorded under `recorded` and those of `current` may share an index."""
-
-    def canonical(model: str) -> str:
-        return MINILM_ID if model in LEGACY_IDS else model
-
-    return canonical(recorded) == canonical(current)
-
-
-def runtime_embedder(
-    runtime: str,
-    source: Path | None,
-    *,
-    cache_root: Path,
-    batch_size: int = 16,
-    threads: int | None = None,
-    serving: bool = False,
-) -> SentenceTransformerEmbedder | OpenVinoEmbedder:
-    """The embedder of a runtime name, `backend-precision` (`openvino-int8`, `torch-f32`, ...). `serving`:
-    tuned for short requests (OpenVINO's latency hint) rather than batches of passages."""
-    backend, _, precision = runtime.partition("-")
-    quantize = "none" if precision == "f32" else precision
-    if backend == "torch":
-        return SentenceTransformerEmbedder(source, batch_size=batch_size, quantize=quantize, threads=threads)
-    if backend == "openvino":
-        return OpenVinoEmbedder(
-            source, cache_root=cache_root, batch_size=batch_size, quantize=quantize, threads=threads, latency=serving
-        )
-    raise ValueError(f"Unknown embedder runtime {runtime!r}.")
-
-
 # OpenVINO's precision per `quantize` value for a float model; int8 keeps the CPU plugin's default for
 # what is not quantised.
 OPENVINO_PRECISION = {"none": "f32", "bf16": "bf16", "f16": "f16"}
@@ -216,15 +181,26 @@ class OpenVinoEmbedder:
     def warm_up(self) -> None:
         self._ready()
 
+    def _key(self) -> tuple[object, ...]:
+        source = self.model_path or default_minilm_path()
+        return (str(source), str(self.cache_root), self.quantize, self.latency, self.threads)
+
     def _ready(self) -> _Runtime:
         if self._runtime is None:
-            source = self.model_path or default_minilm_path()
-            key = (str(source), str(self.cache_root), self.quantize, self.latency, self.threads)
+            key = self._key()
             with _OPENVINO_LOCK:
                 if key not in _RUNTIMES:
-                    _RUNTIMES[key] = self._load(source)
+                    _RUNTIMES[key] = self._load(self.model_path or default_minilm_path())
                 self._runtime = _RUNTIMES[key]
         return self._runtime
+
+    def release(self) -> None:
+        """Drop this configuration's compiled model (with its per-shape kernels, ~300 MB once used). For the
+        runtime measurement, which tries one runtime after another; any other embedder of the same
+        configuration must be unused by then, and the next use compiles it again."""
+        with _OPENVINO_LOCK:
+            _RUNTIMES.pop(self._key(), None)
+            self._runtime = None
 
     def _load(self, source: Path) -> _Runtime:
         try:

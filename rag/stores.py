@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from rag.embedders import same_model
+from rag.embedder_choice import same_model
 from rag.errors import BackendUnavailableError, ConflictError
 from rag.types import Chunk, StoredChunk
 

@@ -6,7 +6,8 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from rag.embedders import MINILM_ID, runtime_embedder
+from rag.embedder_choice import runtime_embedder
+from rag.embedders import MINILM_ID
 from rag.protocols import Embedder, Generator, VectorStore
 from rag.retrieval import HybridRetriever, LexicalIndex
 from rag.settings import Settings

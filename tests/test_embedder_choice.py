@@ -4,6 +4,8 @@ once per machine, measured again when the machine or the packages change; explic
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from rag.embedder_choice import (
 )
 from rag.embedders import MINILM_ID, OpenVinoEmbedder, SentenceTransformerEmbedder
 from rag.settings import Settings
+from tests.fakes import FakeEmbedder
 
 EXACT = (1.0, 1.0)
 CLOSE = (0.985, 0.997)  # within the tolerance
@@ -220,3 +223,59 @@ def test_doctor_prints_the_choice_why_and_the_timings(
         "overrides the measured choice" in explicit["query"]["why"] and "min cosine 0.850" in explicit["query"]["why"]
     )
     assert "differ" not in explicit["ingest"]["why"]
+
+
+VECTORS: dict[str, list[float]] = {}
+
+
+class PacedEmbedder:
+    """A fake runtime for the measurement itself: the fake embedder's vectors after a fixed delay per call;
+    `drift` bends the vectors of single texts (as static int8 did on this machine's short queries)."""
+
+    dimension = 64
+
+    def __init__(self, delay: float, drift: bool = False) -> None:
+        self.delay, self.drift = delay, drift
+
+    def warm_up(self) -> None:
+        pass
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        missing = [t for t in texts if t not in VECTORS]
+        VECTORS.update(zip(missing, FakeEmbedder().embed(missing), strict=True))  # made once: only the pace counts
+        time.sleep(self.delay * max(1.0, len(texts) / 8))
+        vectors = [VECTORS[t] for t in texts]
+        if self.drift and len(texts) == 1:
+            vectors = [[v + (0.3 if i % 2 else -0.3) for i, v in enumerate(vector)] for vector in vectors]
+        return vectors
+
+
+def test_the_measurement_checks_agreement_times_and_runs_off_close_contenders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag import embedder_measure
+
+    paces = {
+        "torch-f32": PacedEmbedder(0.008),
+        "openvino-f32": PacedEmbedder(0.002),
+        "openvino-bf16": PacedEmbedder(0.0027),  # within 1.5x of f32: timed against it again
+        "openvino-int8": PacedEmbedder(0.0005, drift=True),
+    }
+    built: list[tuple[str, bool]] = []
+
+    def build(runtime: str, *_: object, serving: bool) -> PacedEmbedder:
+        built.append((runtime, serving))
+        return paces[runtime]
+
+    monkeypatch.setattr(embedder_measure, "candidates", lambda: list(paces))
+    monkeypatch.setattr(embedder_measure, "build", build)
+    found = {m.runtime: m for m in embedder_measure.measure(tmp_path, tmp_path, rounds=3)}
+    assert found["openvino-int8"].agrees("ingest") and not found["openvino-int8"].agrees("query")
+    assert found["openvino-int8"].query_ms is None  # not eligible for queries: never timed there
+    assert found["openvino-bf16"].query_cosine == (1.0, 1.0) and found["torch-f32"].ingest_cosine == (1.0, 1.0)
+    assert found["openvino-f32"].query_ms < found["openvino-bf16"].query_ms < found["torch-f32"].query_ms  # type: ignore[operator]
+    # The run-off held the two close contenders together, built as the server builds them.
+    assert built.count(("openvino-f32", True)) == 2 and built.count(("openvino-bf16", True)) == 2
+    assert built.count(("torch-f32", True)) == 0
+    ingest, query, _ = choose(list(found.values()))
+    assert (ingest, query) == ("openvino-int8", "openvino-f32")

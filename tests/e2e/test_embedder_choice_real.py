@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rag.embedder_choice import MIN_COSINE, REFERENCE, Measurement, choose, measure_in_child
+from rag.embedder_choice import MIN_COSINE, REFERENCE, Measurement, choose, measure_in_child, runtime_embedder
 from rag.embedder_measure import candidates
-from rag.embedders import MINILM_ID, default_minilm_path, runtime_embedder
+from rag.embedders import MINILM_ID, default_minilm_path
 from rag.settings import Settings
 from rag.stores import ChromaStore
 from rag.types import Chunk
