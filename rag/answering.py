@@ -36,7 +36,7 @@ from rag.grounding import (
     split_sentences,
 )
 from rag.guardrails.registry import echoes
-from rag.injection import release_problem, without_instructions
+from rag.injection import instruction_sentences, release_problem, without_instructions
 from rag.protocols import Generator
 from rag.reader.checks import choose, degenerate, quotation
 from rag.reader.extractive import PROMPT_TEXTS as READER_PROMPT
@@ -53,7 +53,7 @@ SPANS_CONSIDERED = 16  # the reader's likeliest spans, re-ranked by how much the
 RETRY_PASSAGES = 2  # a reader that only restated the question tries once more on this many best passages
 PROMPT_TEXTS = (*GENERATION_PROMPT, *READER_PROMPT)  # the prompts' own words, never released
 # Why released text was refused as the work of an instruction inside a passage (`rag.injection.release_problem`).
-INJECTION_CODES = ("instruction", "prompt_text", "unlisted_url", "forged_citation")
+INJECTION_CODES = ("instruction", "prompt_text", "unlisted_url", "forged_citation", "markup")
 
 
 class AnswerService:
@@ -205,6 +205,7 @@ class AnswerService:
         passages = [hit.chunk.text for hit in hits]
         # What may be read and may support an answer: each passage without its instructions to a model.
         usable = [without_instructions(text) for text in passages]
+        aside = [sentence for text in passages for sentence in instruction_sentences(text)]  # their payloads: never
         if answer_mode == "extract":
             yield from self._extract(question, hits, passages, usable, base, timings, started, retrieved)
             return
@@ -214,7 +215,7 @@ class AnswerService:
         raw = ""
         try:
             evidence = self._evidence(question, usable, answer_mode, self.settings.reader_passages)
-            raw = yield from self._generate(question, evidence, answer_mode, usable, timings, checked, kept)
+            raw = yield from self._generate(question, evidence, answer_mode, usable, timings, checked, kept, aside)
             if (
                 not kept
                 and answer_mode == "free"
@@ -226,7 +227,7 @@ class AnswerService:
                 timings["retries"] = 1.0
                 evidence = self._evidence(question, usable, answer_mode, RETRY_PASSAGES)
                 raw += "\n" + (
-                    yield from self._generate(question, evidence, answer_mode, usable, timings, checked, kept)
+                    yield from self._generate(question, evidence, answer_mode, usable, timings, checked, kept, aside)
                 )
         except _CheckerFailedError:
             yield self._abstain(base, "grounding_check_failed", timings, started, retrieved, checked, raw)
@@ -277,18 +278,20 @@ class AnswerService:
         timings: dict[str, float],
         checked: list[SentenceSupport],
         kept: list[SentenceSupport],
+        aside: list[str],
     ) -> Generator_[Delta, None, str]:
-        """Stream the reader's answer, releasing each complete sentence once checked; returns the raw text."""
+        """Stream the reader's answer, releasing each complete sentence once checked; returns the raw text.
+        `aside` are the instructions set aside from the retrieved passages (their payloads are refused)."""
         buffer, raw = "", ""
         for piece in self.generator.stream(question, evidence, mode=mode):
             buffer += piece
             raw += piece
             sentences = split_sentences(buffer)
             if len(sentences) > 1:  # every sentence but the last is complete
-                yield from self._release(question, sentences[:-1], passages, timings, checked, kept)
+                yield from self._release(question, sentences[:-1], passages, timings, checked, kept, aside)
                 buffer = sentences[-1]
         if buffer.strip():
-            yield from self._release(question, [buffer.strip()], passages, timings, checked, kept)
+            yield from self._release(question, [buffer.strip()], passages, timings, checked, kept, aside)
         # What the model read, over both tries when it retried (reported to chat clients as `usage`).
         timings["prompt_tokens"] = timings.get("prompt_tokens", 0.0) + getattr(self.generator, "last_prompt_tokens", 0)
         return raw
@@ -301,17 +304,19 @@ class AnswerService:
         timings: dict[str, float],
         checked: list[SentenceSupport],
         kept: list[SentenceSupport],
+        aside: list[str],
     ) -> Iterator[Delta]:
         """Check complete sentences against `passages` (the usable ones: instructions set aside); record every
         score and yield the supported ones, cited.
 
         A sentence with no content word beyond the question's only restates it: never an answer. Nor is one
-        that, cited, holds an instruction, the prompt's words, a URL no passage holds or a mark of its own."""
+        that, cited, holds an instruction, the prompt's words, a URL no passage holds, a mark of its own, markup,
+        or a word only an instruction set aside (`aside`) holds: "BANANA, an assignment expression assigns ..."."""
         for support in self._check(sentences, passages, timings):
             problem = None
             if support.supported and support.passage is not None:
                 cited = _with_marker(support, first=True)
-                problem = release_problem(cited, passages, {support.passage}, PROMPT_TEXTS)
+                problem = release_problem(cited, passages, {support.passage}, PROMPT_TEXTS, aside)
             if restates_question(support.sentence, question):
                 support = replace(support, supported=False, restates_question=True)
             elif degenerate(" ".join([*(s.sentence for s in kept), support.sentence])):

@@ -3,7 +3,8 @@
 - `degenerate`: a free answer that loops (the same words over and over) is never an answer.
 - `choose`: of the extractive reader's scored spans, the best one that says something beyond the
   question, is found verbatim in its passage, and is likely enough to be the answer; otherwise the
-  reason it abstains (`does_not_answer`: what it would quote does not depend on the question).
+  reason it abstains (`does_not_answer`: what it would quote does not depend on the question;
+  `instruction`: every span left stood where a passage gives orders).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag.grounding import content_words, split_sentences
+from rag.injection import citation_marks, has_markup, labelled_span, relays_an_order
 from rag.reader.evidence import prose_sentences
 from rag.reader.spans import Span, answers_something
 
@@ -64,7 +66,9 @@ def choose(
 ) -> Choice:
     """The span that best answers *this* question, verbatim in its passage, or why there is none.
 
-    Spans made only of the question's words (or of stop words) answer nothing and are skipped. The rest
+    Spans made only of the question's words (or of stop words) answer nothing and are skipped, and so are
+    spans holding a citation-like mark or markup, and spans standing where a passage gives orders (after a
+    label and its colon, or in a sentence that restates the question and says how to reply). The rest
     are ranked by log P(span | question) + `gain_weight` x gain, where gain = log P(span | question) -
     log P(span | a question that asks nothing): a span the reader would pick whatever was asked (a
     heading, the name the passage is about) is worth less than one the question calls for. The best
@@ -74,16 +78,19 @@ def choose(
     - the evidence sentence it stands in holds at least `min_focus` of the question's content words: a
       span from a sentence about something else answers another question (most answers given when the
       evidence was withheld from the store were of that kind)."""
-    ranked = sorted(
-        (
-            (span.logprob + gain_weight * (span.logprob - baseline), span, text, baseline)
-            for span, text, baseline in zip(spans, texts, baselines, strict=True)
-            if answers_something(text, question) and not _MARK.search(text)  # no "[n]" that reads as a citation
-        ),
-        key=lambda item: -item[0],
-    )
+    ranked: list[tuple[float, Span, str, float]] = []
+    ordered = False
+    for span, text, baseline in zip(spans, texts, baselines, strict=True):
+        # No "[n]" that reads as a citation, no markup a chat client would render.
+        if not answers_something(text, question) or citation_marks(text) or has_markup(text):
+            continue
+        if _on_orders(text, question, evidence[span.passage - 1], passages[span.passage - 1]):
+            ordered = True
+            continue
+        ranked.append((span.logprob + gain_weight * (span.logprob - baseline), span, text, baseline))
+    ranked.sort(key=lambda item: -item[0])
     if not ranked:
-        return Choice(None, "", "does_not_answer", 0.0, 0.0)
+        return Choice(None, "", "instruction" if ordered else "does_not_answer", 0.0, 0.0)
     _, span, text, baseline = ranked[0]
     # Verbatim in the passage, and in what the reader was shown of it (instructions to a model set aside).
     if not (_verbatim(text, passages[span.passage - 1]) and _verbatim(text, evidence[span.passage - 1])):
@@ -93,6 +100,16 @@ def choose(
     if gain < min_gain or focus(question, read) < min_focus:
         return Choice(None, text, "does_not_answer", math.exp(span.logprob), gain)
     return Choice(span, text, None, math.exp(span.logprob), gain)
+
+
+def _on_orders(span: str, question: str, evidence: str, passage: str) -> bool:
+    """Whether the span stands where a passage gives orders its instruction patterns missed: after a label and
+    its colon, in a sentence of two labels, or in a sentence that restates the question and says how to reply
+    (`rag.injection.labelled_span`, `relays_an_order`)."""
+    sentence = read_sentence(span, evidence, passage) or next(
+        (s for s in split_sentences(" ".join(evidence.split())) if _occurs(span, s)), ""
+    )
+    return bool(sentence) and (labelled_span(span, sentence) or relays_an_order(sentence, question))
 
 
 def focus(question: str, sentence: str) -> float:
@@ -112,7 +129,6 @@ def read_sentence(span: str, evidence: str, passage: str) -> str:
 
 
 _FOOTNOTE = re.compile(r"^\[\d+\]\s*")
-_MARK = re.compile(r"\[\d+\]")
 # "What does X do?", "How does X work?", "Why ...?": the answer is a statement, not a name or a number.
 _DESCRIPTIVE = re.compile(
     r"^\s*(?:what\s+(?:does|do|did)\b.*\b(?:do|does|mean|happen)\b|what\s+happens\b|"
@@ -129,12 +145,13 @@ def asks_for_a_statement(question: str) -> bool:
 def quotation(question: str, span: str, evidence: str, passage: str) -> str:
     """What extract mode releases: the span for a question asking for a name, date or number; for a
     question asking for a statement, the whole evidence sentence the span stands in, if it reads verbatim
-    in the passage and holds no `[n]` once a leading footnote mark is dropped (else the span: a mark in
-    the quotation would read as one of our citations)."""
+    in the passage and holds no citation-like mark (`[n]`, `[ n ]`, `［ｎ］`) once a leading footnote mark is
+    dropped, nor markup (else the span: a mark in the quotation would read as one of our citations, and an
+    image or a link would be rendered by a chat client)."""
     if not asks_for_a_statement(question):
         return span
     sentence = _FOOTNOTE.sub("", read_sentence(span, evidence, passage))
-    return sentence if sentence and not _MARK.search(sentence) else span
+    return sentence if sentence and not citation_marks(sentence) and not has_markup(sentence) else span
 
 
 def _verbatim(text: str, passage: str) -> bool:

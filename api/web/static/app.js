@@ -20,6 +20,7 @@
     prompt_text: "The draft repeated the service's own prompt, so it was not released.",
     unlisted_url: "The draft named a web address that no source holds, so it was not released.",
     forged_citation: "The draft cited a source number that does not exist, so it was not released.",
+    markup: "The only answer found held an image, a link or HTML that a chat app would display, so it was not released.",
   };
   // Why a checked sentence was not released (only counts and codes ever leave the service).
   const REJECTIONS = {
@@ -35,6 +36,7 @@
     prompt_text: "the service's own prompt",
     unlisted_url: "a web address no source holds",
     forged_citation: "a citation that does not exist",
+    markup: "an image, a link or HTML",
   };
   const ORIGINS = {
     human: "Signed as written by people.",
