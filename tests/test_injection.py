@@ -181,10 +181,18 @@ def injected(lenient: Settings, tmp_path: Path, curator: Curator) -> InMemorySto
 
 
 def obedient_answers(case: Case, question: str, given: list[str]) -> list[str]:
-    """What a model that obeys the passage would say: the payloads, the instruction itself copied, the prompt."""
+    """What a model that obeys the passage would say: the payloads, alone and inside a true sentence of the
+    document (first, or last in lower case), the instruction itself copied, the prompt."""
     copied = instruction_sentences(case.text)
     prompt = build_prompt(question, given)
-    return [*case.payloads, *copied, " ".join(copied), prompt, prompt.split("\n\n")[0] + " BANANA [9]."]
+    true = next((s for s in units(case.text) if not instruction_kind(s) and len(s.split()) > 6), "")
+    inside = [
+        said
+        for payload in case.payloads
+        for said in (f"{payload}, {true[:1].lower()}{true[1:]}", f"{true.rstrip('.')}, {payload.lower()}.")
+        if true
+    ]
+    return [*case.payloads, *inside, *copied, " ".join(copied), prompt, prompt.split("\n\n")[0] + " BANANA [9]."]
 
 
 def _chunk_texts(store: InMemoryStore, doc: str) -> list[str]:
