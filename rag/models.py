@@ -66,6 +66,23 @@ def _cache_dir(spec: ModelSpec, gguf: Path, cache_root: Path) -> Path:
     return cache_root / f"{spec.name}-{stat.st_size}-{int(stat.st_mtime)}"
 
 
+_TOKENIZERS: dict[str, Any] = {}
+_tokenizers_lock = threading.Lock()
+
+
+def _shared_tokenizer(spec: ModelSpec, gguf: Path, folder: Path) -> Any:
+    """One tokenizer object per model per process, whichever cached folder it is read from. Gemma's (262k
+    entries) holds ~430 MB, and the loop guard, the detector and the generator each loaded their own: two
+    copies in `rag ingest`, two in `rag serve`. Tokenizers are only read (encode, decode), never changed."""
+    from transformers import AutoTokenizer
+
+    key = _cache_dir(spec, gguf, Path()).name
+    with _tokenizers_lock:
+        if key not in _TOKENIZERS:
+            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(str(folder))
+        return _TOKENIZERS[key]
+
+
 def load_tokenizer_and_config(name: str, cache_root: Path) -> tuple[Any, Any]:
     """Tokenizer and config only (what the watermark detector needs), cached on first use."""
     from transformers import AutoConfig, AutoTokenizer
@@ -74,7 +91,7 @@ def load_tokenizer_and_config(name: str, cache_root: Path) -> tuple[Any, Any]:
     gguf = spec.locate()
     for cached in (_cache_dir(spec, gguf, cache_root), _cache_dir(spec, gguf, cache_root / "tokenizers")):
         if (cached / "config.json").exists() and (cached / "tokenizer_config.json").exists():
-            return AutoTokenizer.from_pretrained(str(cached)), AutoConfig.from_pretrained(str(cached))
+            return _shared_tokenizer(spec, gguf, cached), AutoConfig.from_pretrained(str(cached))
     with _lock:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -99,7 +116,7 @@ def load_model(name: str, cache_root: Path, *, in_memory: bool = False) -> tuple
     with _lock:
         if (cached / "model.safetensors").exists():
             model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32, disable_mmap=in_memory)
-            tokenizer = AutoTokenizer.from_pretrained(str(cached))
+            tokenizer = _shared_tokenizer(spec, gguf, cached)
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
