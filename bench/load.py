@@ -30,6 +30,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -201,23 +202,27 @@ def route_figures(outcomes: list[Outcome]) -> dict[str, Any]:
     return figures
 
 
-def rss_figures(server: Server, start: int, measured_from: float, warm_up_s: float) -> dict[str, float]:
-    """RSS when the server turned ready, `warm_up_s` into the run (caches for new input shapes fill during the
-    first few dozen answers), at its peak after that, and at the end."""
+def rss_figures(server: Server, start: int, began: float, ended: float, warm_up_s: float) -> dict[str, Any]:
+    """RSS when the server turned ready; after warm-up (the median over the minute from `warm_up_s` into the run:
+    caches for new input shapes fill during the first few dozen answers) and at the end (the median over the
+    run's last minute): medians, since each extractive answer holds its logits over Gemma's 262k-token vocabulary
+    for a moment (hundreds of MB, then freed); and the peak after warm-up, those moments included."""
     mb = 2**20
-    end = server.rss()
-    warm_at = measured_from + warm_up_s
-    warm = next((rss for at, rss in server.samples if at >= warm_at), end)
+    warm_at = began + warm_up_s
+    first = [rss for at, rss in server.samples if warm_at <= at < warm_at + 60]
+    last = [rss for at, rss in server.samples if ended - 60 <= at <= ended]
     after = [rss for at, rss in server.samples if at >= warm_at]
-    peak = max([*after, end])
+    if not first or not last:
+        return {"start_mb": round(start / mb, 1), "note": f"the run was shorter than {warm_up_s:g} s + 60 s"}
+    warm, end, peak = statistics.median(first), statistics.median(last), max(after)
     return {
         "start_mb": round(start / mb, 1),
         "warm_up_s": warm_up_s,
         "after_warm_up_mb": round(warm / mb, 1),
         "peak_mb": round(peak / mb, 1),
         "end_mb": round(end / mb, 1),
-        "peak_growth_after_warm_up_pct": round(100 * (peak - warm) / warm, 1),
         "end_growth_after_warm_up_pct": round(100 * (end - warm) / warm, 1),
+        "peak_over_warm_up_pct": round(100 * (peak - warm) / warm, 1),
     }
 
 
@@ -255,7 +260,7 @@ def print_table(report: dict[str, Any]) -> None:
         other = ", ".join(f"{k} x{v}" for k, v in f["other_failures"].items()) or "0"
         table.add_row(route, fmt(f["requests"]), fmt(f["ok"]), fmt(f["busy_503"]), other, fmt(s["p50"]),
                       fmt(s["p95"]), fmt(s["p99"]), fmt(b["p95"]))  # fmt: skip
-    console = Console()
+    console = Console(width=max(120, Console().width))
     console.print(table)
     rss = report["rss"]
     console.print(
@@ -263,10 +268,13 @@ def print_table(report: dict[str, Any]) -> None:
         f"{report['busy_503']} (without Retry-After: {report['busy_without_retry_after']}); other failures "
         f"{report['other_failures']}; not sent {report['not_sent']}"
     )
+    if "note" in rss:
+        console.print(f"server RSS MB: start {rss['start_mb']} ({rss['note']})")
+        return
     console.print(
-        f"server RSS MB: start {rss['start_mb']}, after {rss['warm_up_s']:g} s {rss['after_warm_up_mb']}, "
-        f"then peak {rss['peak_mb']} "
-        f"({rss['peak_growth_after_warm_up_pct']:+}%), end {rss['end_mb']} ({rss['end_growth_after_warm_up_pct']:+}%)"
+        f"server RSS MB: start {rss['start_mb']}, after warm-up {rss['after_warm_up_mb']} (median of the minute "
+        f"from {rss['warm_up_s']:g} s), end {rss['end_mb']} (median of the last minute, "
+        f"{rss['end_growth_after_warm_up_pct']:+}%), peak {rss['peak_mb']} ({rss['peak_over_warm_up_pct']:+}%)"
     )
 
 
@@ -336,7 +344,7 @@ def run(args: argparse.Namespace, mix: dict[str, float], work: Path) -> dict[str
                 retry_wait=not args.no_retry_wait,
             )
         )
-        rss = rss_figures(server, start_rss, measured_from, args.warm_up_s)
+        rss = rss_figures(server, start_rss, measured_from, time.monotonic(), args.warm_up_s)
     finally:
         server.stop()
         if stub is not None:

@@ -10,7 +10,9 @@ job still waiting is dropped; a running one sees the event through `current_job(
 generator checks it at every token and the remote one bounds its HTTP timeout by the deadline).
 
 A free slot is not enough to be admitted: a job with a deadline is also refused at once (503, Retry-After)
-when the work already ahead of it, estimated from the last jobs' run times, would not let it finish in time.
+when the work already ahead of it would not let it finish in time, counting each job ahead, and the job itself,
+at the longest of the last 16 run times (answers and quick abstentions mix: a mean let in jobs that then missed
+their deadline).
 On a slow or shared CPU an answer can take tens of seconds; without this, 16 clients filled the 8 slots and
 most of them waited the whole deadline for a 504 (bench/load.py), and a job started just before its deadline
 spent the generator's time on an answer nobody would receive.
@@ -93,20 +95,20 @@ class GenerationQueue:
         return self._held
 
     def job_seconds(self) -> float | None:
-        """The mean time the last jobs took to run (None before any has finished)."""
+        """What a job is reckoned to take: the longest of the last run times (None before any has finished)."""
         with self._count:
-            return sum(self._run_times) / len(self._run_times) if self._run_times else None
+            return max(self._run_times) if self._run_times else None
 
     def work_ahead(self) -> float:
-        """Estimated seconds before a job submitted now would start: what the running job has left, and the
-        waiting jobs at the mean run time."""
+        """Reckoned seconds before a job submitted now would start: what the running job has left, and each
+        waiting job at `job_seconds()`."""
         with self._count:
             if not self._held or not self._run_times:
                 return 0.0
-            mean = sum(self._run_times) / len(self._run_times)
+            each = max(self._run_times)
             since = self._running_since
-            running_left = mean if since is None else max(0.0, mean - (time.monotonic() - since))
-            return running_left + (self._held - 1) * mean
+            running_left = each if since is None else max(0.0, each - (time.monotonic() - since))
+            return running_left + (self._held - 1) * each
 
     def _release(self) -> None:
         with self._count:
@@ -136,16 +138,16 @@ class GenerationQueue:
 
     def _refuse_if_too_late(self, control: JobControl | None) -> None:
         left = control.remaining() if control is not None else None
-        mean = self.job_seconds()
-        if left is None or mean is None:
+        each = self.job_seconds()
+        if left is None or each is None:
             return
-        finish = self.work_ahead() + mean
+        finish = self.work_ahead() + each
         if self._held and finish > left:
             # Retried after this long (and nothing else queued meanwhile), it would finish within its deadline.
             wait = max(self.retry_after_s, math.ceil(finish - left))
             raise ServiceBusyError(
-                f"The generator is busy: the answers queued ahead take about {finish - mean:.0f} s, more than "
-                f"this request has left; retry in {wait} s.",
+                f"The generator is busy: the answers queued ahead may take {finish - each:.0f} s, and this one "
+                f"{each:.0f} s more than this request has left; retry in {wait} s.",
                 retry_after_s=wait,
             )
 
@@ -170,13 +172,12 @@ class GenerationQueue:
             _current_job.reset(token)
             ran = time.monotonic() - started
             cut_short = cut_short or (control is not None and control.cancel.is_set())
-            mean = self.job_seconds()
             with self._count:
                 self._running_since = None
                 # A job cancelled part-way (its client left, its deadline passed) needed at least the time it ran:
-                # that says something only when it is more than the mean (on an overloaded host, deadlines cut
-                # the slowest jobs, and leaving them out would keep the estimate too low).
-                if not cut_short or mean is None or ran > mean:
+                # that says something only when it is longer than the others (on an overloaded host deadlines cut
+                # the slowest jobs, and leaving them out would keep the reckoning too low).
+                if not cut_short or not self._run_times or ran > max(self._run_times):
                     self._run_times.append(ran)
 
     def shutdown(self) -> None:

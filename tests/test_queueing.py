@@ -51,7 +51,7 @@ def test_the_work_ahead_counts_every_waiting_job() -> None:
     release = hold(queue)
     try:
         waiting = [queue.submit(lambda: None, JobControl(deadline=time.monotonic() + 30)) for _ in range(3)]
-        assert queue.work_ahead() >= 3 * RUN_S * 0.9  # three waiting at the mean, and the running one's rest
+        assert queue.work_ahead() >= 3 * RUN_S * 0.9  # three waiting, and the running one's rest
         with pytest.raises(ServiceBusyError):  # room for one more job's time, not for the four ahead of it
             queue.submit(lambda: None, JobControl(deadline=time.monotonic() + 2.5 * RUN_S))
     finally:
@@ -101,9 +101,21 @@ def test_a_job_cancelled_part_way_counts_only_as_a_lower_bound() -> None:
 
     timed_job(queue)
     cancelled_after(0.01)  # a client that left at once: says nothing about how long answers take
-    mean = queue.job_seconds()
-    assert mean is not None and RUN_S * 0.9 < mean < RUN_S * 1.5
+    each = queue.job_seconds()
+    assert each is not None and RUN_S * 0.9 < each < RUN_S * 1.5
     cancelled_after(3 * RUN_S)  # cut by its deadline: answers take at least this long now
-    mean = queue.job_seconds()
-    assert mean is not None and mean > RUN_S * 1.8
+    each = queue.job_seconds()
+    assert each is not None and each > RUN_S * 2.5
+    queue.shutdown()
+
+
+def test_quick_jobs_among_slow_ones_do_not_lower_the_reckoning() -> None:
+    """Abstentions decided before generation take milliseconds; counting the queue at their mean let in answers
+    that then missed their deadline (bench/load.py): a job is reckoned at the longest recent run time."""
+    queue = GenerationQueue(8)
+    timed_job(queue)
+    for _ in range(5):
+        queue.submit(lambda: None).result(5)
+    each = queue.job_seconds()
+    assert each is not None and each >= RUN_S * 0.9
     queue.shutdown()
