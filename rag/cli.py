@@ -120,9 +120,10 @@ def serve(
 ) -> None:
     """Serve the answering API (OpenAPI docs at /docs)."""
     from api.server import serve as run_server
-    from rag.runtime import limit_malloc_arenas
+    from rag.runtime import limit_malloc_arenas, mmap_large_allocations
 
     limit_malloc_arenas()  # before any worker thread exists
+    mmap_large_allocations()
     settings: Settings = ctx.obj
     Console(stderr=True).print(f"serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     run_server(settings, host=host, port=port)  # with the client limits of RAG_SERVER__* (README)

@@ -192,6 +192,7 @@ class LocalGenerator:
         import torch
 
         from rag.models import load_model
+        from rag.runtime import release_freed_memory
 
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
@@ -201,6 +202,7 @@ class LocalGenerator:
             model.lm_head = _int8_linear(model.lm_head)
         elif tied:
             _compact_token_table(model)
+            release_freed_memory()  # the float32 table is freed now, not at some later collection
         self._tokenizer = self._tokenizer or tokenizer
         return model
 
