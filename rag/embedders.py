@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import BackendUnavailableError
+from rag.progress import step
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +329,8 @@ def openvino_model(source: Path, folder: Path, *, int8: bool) -> Path:
     with FileLock(str(folder / "build.lock")):
         if xml.exists():  # another process built it while we waited
             return xml
-        log.info("Building the OpenVINO embedder from %s (once per machine, ~30 s).", source)
+        what = "int8, calibrated on 96 human-written texts, ~30 s" if int8 else "float, ~10 s"
+        step(f"embedder: converting MiniLM to OpenVINO ({what}; once per machine, kept in the model cache)")
         tmp = folder / f"{target.name}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()

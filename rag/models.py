@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import BackendUnavailableError
+from rag.progress import step
 
 
 def _gemma_path() -> Path:
@@ -93,6 +94,7 @@ def load_tokenizer_and_config(name: str, cache_root: Path) -> tuple[Any, Any]:
         if (cached / "config.json").exists() and (cached / "tokenizer_config.json").exists():
             return _shared_tokenizer(spec, gguf, cached), AutoConfig.from_pretrained(str(cached))
     with _lock:
+        step(f"loop guard: reading the {spec.name} tokenizer from its GGUF (once per machine)")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         _save(_cache_dir(spec, gguf, cache_root / "tokenizers"), tokenizer, config)
@@ -118,6 +120,7 @@ def load_model(name: str, cache_root: Path, *, in_memory: bool = False) -> tuple
             model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=torch.float32, disable_mmap=in_memory)
             tokenizer = _shared_tokenizer(spec, gguf, cached)
         else:
+            step(f"generator: converting the {spec.name} GGUF to a transformers model (once per machine, ~30 s)")
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
             # The GGUF quantizer marks the model unserialisable; the weights are plain float32 tensors by now.

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rag.errors import BackendUnavailableError
+from rag.progress import step
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def saved_model(
     with FileLock(str(folder / "build.lock")):
         if (target / "model.xml").exists():  # another process built it while we waited
             return target
-        log.info("Building the OpenVINO %s generator (%s weights, once per machine, ~1 min).", spec.name, weights)
+        step(f"generator: exporting {spec.name} to OpenVINO ({weights} weights; once per machine, ~1 min)")
         tmp = folder / f"{target.name}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rag.progress import step
 from rag.settings import WatermarkSettings
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class GreenTable:
             return cls(bits, json.loads(index.read_text())["hot_ids"], processor.vocab_size)
         folder.mkdir(parents=True, exist_ok=True)
         hot = hot_prefix_ids(tokenizer, processor.vocab_size, settings.hot_prefixes)
-        log.info("Building the loop-guard green table for %s (%d prefixes; once per machine).", name, len(hot))
+        step(f"loop guard: building the watermark green table of {name} ({len(hot)} prefixes; once per machine)")
         tmp = bits.with_name(f"{bits.name}.{os.getpid()}.tmp")
         mask = np.zeros(processor.vocab_size, dtype=bool)
         with tmp.open("wb") as handle:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from rag.progress import step
 from rag.settings import DetectorSettings
 
 REASON = "synthetic_suspected"
@@ -247,6 +248,10 @@ class SyntheticTextCheck:
 
     def scorer(self) -> FastDetectScorer:
         if self._scorer is None:
+            step(
+                f"detector: loading {self.settings.model} to score each new document for machine-written text "
+                "(seconds a document on 2 cores; RAG_DETECTOR__POLICY=off skips it)"
+            )
             self._scorer = self._scorer_factory()
         return self._scorer
 
