@@ -179,6 +179,7 @@ def test_unknown_options_missing_values_and_wrong_types(path: tuple[str, ...]) -
 SIGN = ["--key", "{key}", "--author", "A", "--license", "PSF-2.0", "--origin", "human"]
 TAKES_NOTHING = {
     ("apikeys", "list"),
+    ("doctor",),  # flags only (--remeasure, --json)
     ("documents",),
     ("eval", "history"),
     ("ledger", "head"),
