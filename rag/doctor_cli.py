@@ -64,8 +64,8 @@ def _print(report: dict[str, Any]) -> None:
             m["runtime"],
             "{:.4f} / {:.4f}".format(*m["batched_cosine"]),
             "{:.4f} / {:.4f}".format(*m["single_cosine"]),
-            f"{m['ingest_s']:.3f}",
-            f"{m['query_ms']:.2f}",
+            "–" if m["ingest_s"] is None else f"{m['ingest_s']:.3f}",  # not timed where not eligible
+            "–" if m["query_ms"] is None else f"{m['query_ms']:.2f}",
             eligible,
         )
     console.print(table)

@@ -50,6 +50,8 @@ MEASURED = [
     fake("openvino-bf16", 5.0, 7.0, batched=CLOSE, single=CLOSE),
     fake("openvino-int8", 3.0, 2.0, batched=CLOSE, single=DRIFTING),  # fastest; single texts drift
 ]
+# As the measurement records it: a runtime is not timed in a shape it is not eligible for.
+RECORDED = [*MEASURED[:-1], Measurement("openvino-int8", CLOSE, DRIFTING, 3.0, None)]
 
 
 def test_the_fastest_agreeing_runtime_is_chosen_for_each_shape() -> None:
@@ -204,16 +206,18 @@ def test_doctor_prints_the_choice_why_and_the_timings(
 ) -> None:
     from rag.cli import app
 
-    record(cache_settings, "openvino-int8", "openvino-f32")
-    result = CliRunner().invoke(app, ["doctor"])
+    record(cache_settings, "openvino-int8", "openvino-f32", RECORDED)
+    result = CliRunner().invoke(app, ["doctor"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "ingest: openvino-int8" in result.output and "queries: openvino-f32" in result.output
     assert "CPU" in result.output and "torch-int8" in result.output and "query ms" in result.output
+    int8_row = next(line for line in result.output.splitlines() if "openvino-int8" in line and "│" in line)
+    assert "3.000" in int8_row and "–" in int8_row and "ingest" in int8_row
     as_json = json.loads(CliRunner().invoke(app, ["doctor", "--json"]).output)
     shapes = as_json["embedder"]["shapes"]
     assert shapes["ingest"]["runtime"] == "openvino-int8" and shapes["query"]["why"] == "fake"
     int8 = next(m for m in as_json["embedder"]["measurements"] if m["runtime"] == "openvino-int8")
-    assert int8["ingest_eligible"] and not int8["query_eligible"] and int8["query_ms"] == 2.0
+    assert int8["ingest_eligible"] and not int8["query_eligible"] and int8["query_ms"] is None
 
     # Set explicitly where this CPU measured it as drifting: it runs, and the doctor says so.
     monkeypatch.setenv("RAG_EMBEDDER__BACKEND", "openvino")
