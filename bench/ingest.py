@@ -48,7 +48,8 @@ def run_peer(dataset: Path) -> dict[str, float]:
 def run_ours(args: argparse.Namespace) -> dict[str, float]:
     command = [sys.executable, __file__, "--worker", "--dataset", str(args.dataset)]
     command += ["--recall-questions", str(args.recall_questions)]
-    return run_json(command + (["--no-loop-guard"] if args.no_loop_guard else []))
+    command += ["--no-loop-guard"] if args.no_loop_guard else []
+    return run_json(command + (["--detector"] if args.detector else []))
 
 
 def ingest_once(args: argparse.Namespace) -> dict[str, float | int | str]:
@@ -69,7 +70,10 @@ def ingest_once(args: argparse.Namespace) -> dict[str, float | int | str]:
         corpus, trust = write_signed_passages(passages, root, curator="bench-curator")
         figures["sign_seconds"] = round(time.perf_counter() - start, 2)
 
-        settings = Settings(data_dir=root / "data", trust_path=trust)
+        # The synthetic-text detector (on by default in `rag ingest`) scores each document with Gemma, seconds
+        # a document here: off unless --detector, and the JSON line says which.
+        detector = {"policy": "flag" if args.detector else "off"}
+        settings = Settings(data_dir=root / "data", trust_path=trust, detector=detector)
         embedder = build_embedder(settings)
         embedder.warm_up()
         checks = [] if args.no_loop_guard else content_checks(settings)
@@ -78,6 +82,7 @@ def ingest_once(args: argparse.Namespace) -> dict[str, float | int | str]:
                 check.detectors()  # load the tokenizers outside the timed part, like the embedder
         ingestor = Ingestor(settings, build_store(settings), embedder, checks=checks)
         figures["loop_guard"] = not args.no_loop_guard
+        figures["detector"] = detector["policy"]
         start = time.perf_counter()
         first = ingestor.ingest([corpus])
         seconds = time.perf_counter() - start
@@ -131,6 +136,7 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--recall-questions", type=int, default=300)
     parser.add_argument("--no-loop-guard", action="store_true", help="Skip the watermark check (not the default).")
+    parser.add_argument("--detector", action="store_true", help="Score each document with the synthetic-text detector.")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one run of ours, JSON out
     args = parser.parse_args()
     if args.worker:
@@ -160,6 +166,7 @@ def main() -> None:
         "passages": last["passages"],
         "chunks": last["chunks"],
         "loop_guard": last["loop_guard"],
+        "detector": last["detector"],
         "rounds": args.repeat,
         "ingest_seconds": median(ours_rounds, "ingest_seconds"),
         "ingest_passages_per_s": median(ours_rounds, "ingest_passages_per_s"),
