@@ -358,6 +358,8 @@ class AnswerService:
         choice = choose(
             reading.spans, reading.texts, reading.baselines, question, passages, evidence,
             min_gain=self.settings.min_answer_gain, min_focus=self.settings.min_answer_focus,
+            focus_weight=self.settings.answer_focus_weight, rarity=self.retriever.lexical.rarity(),
+            similarity=self._similarity, min_similarity=self.settings.min_answer_similarity,
         )  # fmt: skip
         if choice.span is None:
             assert choice.reason is not None
@@ -399,6 +401,10 @@ class AnswerService:
             timings=_round(timings), raw=text, confidence=confidence, retrieved=retrieved,
             passage_texts=passages, **{**base, "label": label},
         )  # fmt: skip
+
+    def _similarity(self, question: str, sentence: str) -> float:
+        """The embedder's cosine between the question and a sentence (extract mode's last check)."""
+        return self.retriever.dense_similarity(question, [sentence])[0]
 
     def _check(self, sentences: list[str], passages: list[str], timings: dict[str, float]) -> list[SentenceSupport]:
         t0 = time.perf_counter()

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from rag.errors import InvalidInputError
 from rag.protocols import Embedder, VectorStore
+from rag.reader.asked import Rarity
 from rag.types import StoredChunk
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class LexicalIndex:
         self._retriever: Any = None
         self._ids: list[str] = []
         self._head: str | None = None
+        self._rarity: Rarity | None = None
 
     def rebuild(self, store: VectorStore, head: str, allowed: Container[str] | None = None) -> None:
         """Index the store's chunks (those in `allowed` only, when given: the ledger's commitments)."""
@@ -109,7 +111,7 @@ class LexicalIndex:
             retriever.index(
                 bm25s.tokenize([c.text for c in chunks], stopwords="en", show_progress=False), show_progress=False
             )
-        self._retriever, self._ids, self._head = retriever, [c.id for c in chunks], head
+        self._retriever, self._ids, self._head, self._rarity = retriever, [c.id for c in chunks], head, None
         self._save(retriever, head)
 
     def _save(self, retriever: Any, head: str) -> None:
@@ -147,7 +149,7 @@ class LexicalIndex:
             retriever = bm25s.BM25.load(str(self.directory / "bm25")) if ids else None
         except (OSError, ValueError, KeyError):
             return None  # replaced under us by another process: rebuild
-        self._retriever, self._ids, self._head = retriever, ids, head
+        self._retriever, self._ids, self._head, self._rarity = retriever, ids, head, None
         return head
 
     @property
@@ -164,6 +166,23 @@ class LexicalIndex:
         elif allowed is not None and not all(i in allowed for i in self._ids):
             log.warning("the BM25 index names chunks the ledger does not commit: rebuilt from committed chunks")
             self.rebuild(store, head, allowed)
+
+    def rarity(self) -> Rarity:
+        """How many indexed chunks hold each word (for `rag.reader.asked.focus`), worked out once per index
+        from BM25's own postings: a word's count is the length of its column."""
+        if self._rarity is None:
+            if self._retriever is None or not self._ids:
+                self._rarity = Rarity()
+            else:
+                pointers = self._retriever.scores["indptr"]
+                columns = len(pointers) - 1
+                counts = (
+                    (word, int(pointers[i + 1] - pointers[i]))
+                    for word, i in self._retriever.vocab_dict.items()
+                    if 0 <= i < columns
+                )
+                self._rarity = Rarity.from_counts(len(self._ids), counts)
+        return self._rarity
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         if self._retriever is None or not self._ids:

@@ -116,7 +116,21 @@ class AnswerSettings(BaseModel):
         ge=0.0,
         le=1.0,
         description="Extract mode abstains (does_not_answer) unless the evidence sentence its span stands in holds "
-        "this share of the question's content words (measured: README).",
+        "this share of the question's content words, each weighted by its rarity in the store (BM25's document "
+        "frequencies; measured: README).",
+    )
+    answer_focus_weight: float = Field(
+        20.0,
+        ge=0.0,
+        description="Extract mode ranks spans by log P(span) + gain + this x focus (the weighted share above): of two "
+        "likely spans, the one in the sentence about the question wins (measured: README).",
+    )
+    min_answer_similarity: float = Field(
+        0.45,
+        ge=-1.0,
+        le=1.0,
+        description="Extract mode abstains (does_not_answer) unless the embedder's cosine between the question and "
+        "the sentence its span stands in is at least this (measured: README).",
     )
     min_answer_gain: float = Field(
         1.0,

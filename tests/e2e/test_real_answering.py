@@ -40,8 +40,9 @@ IN_SCOPE = [
     ("What does the while statement do?", "if it is true|repeatedly tests|repeated execution", "while.md|compound.md"),
 ]
 # Of the 10, answered with a right fact and the right citation: the level measured with the defaults (extract
-# mode), a floor against regressions. The goal is 8; README "The extractive reader" lists the misses.
-MIN_RIGHT = 5
+# mode), a floor against regressions: 7 measured on an Intel Xeon (AMX), one spared for another CPU's rounding.
+# The goal is 8; README "The extractive reader" lists the misses.
+MIN_RIGHT = 6
 OUT_OF_SCOPE = [
     "Who won the 2018 FIFA World Cup?",
     "What is the capital of Australia?",
