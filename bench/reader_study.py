@@ -1,13 +1,16 @@
-"""The extractive reader's checks, measured on the evaluation's own sample: what `min_answer_gain` and
-`min_answer_focus` trade between F1, precision, coverage and answers given when the evidence was withheld.
+"""The extractive reader's checks, measured on the evaluation's own sample: what the focus weight,
+`min_answer_focus` and `min_answer_similarity` trade between F1, precision, coverage and answers given when
+the evidence was withheld.
 
     python bench/reader_study.py [--limit 200] [--seed 0] [--questions 80] [--out /tmp/reader-study]
 
 The store is the one `rag eval --limit L --seed S` builds (the same withheld passages), under `--out`/store.
 Each of the first `--questions` questions of the sample (in the eval's order) is read once with the
 default settings (retrieval, evidence sentences, span scores and their neutral-question baselines) and cached
-in `readings.jsonl`; the grid of both thresholds is then replayed through `rag.reader.checks.choose`, the
-function the service calls. SQuAD is evaluation data here, never a run-time dependency.
+in `readings.jsonl`; a grid of the settings is then replayed through `rag.reader.checks.choose`, the
+function the service calls, with the service's own word rarities (the store's BM25 index) and embedder.
+The first row is the reader as it was before rarity, focus ranking and the similarity check (unweighted
+focus >= 0.4). SQuAD is evaluation data here, never a run-time dependency.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +28,7 @@ SHARED = REPO.parent / "shared"
 sys.path[0] = str(REPO)  # run as a script, this folder would shadow the packages
 
 
-def read_all(args: argparse.Namespace) -> list[dict]:  # type: ignore[type-arg]
+def read_all(args: argparse.Namespace) -> tuple[list[dict], Any]:
     from rag.evaluation.run import build_store, plan
     from rag.evaluation.squad import SquadData
     from rag.grounding import select_evidence
@@ -65,10 +69,11 @@ def read_all(args: argparse.Namespace) -> list[dict]:  # type: ignore[type-arg]
             handle.flush()
             records.append(record)
             print(f"{len(records):4d} {record['seconds']:5.1f}s {question.question[:70]}", flush=True)
-    return records[: args.questions]
+    service.refresh()
+    return records[: args.questions], service
 
 
-def replay(records: list[dict], min_gain: float, min_focus: float) -> dict[str, float]:  # type: ignore[type-arg]
+def replay(records: list[dict], **checks: Any) -> dict[str, float]:
     from rag.evaluation.claims import correct
     from rag.evaluation.metrics import best_over_gold, token_f1
     from rag.reader.checks import choose, quotation
@@ -80,7 +85,7 @@ def replay(records: list[dict], min_gain: float, min_focus: float) -> dict[str, 
         spans = [Span(s["passage"], 0, s["tokens"], s["logprob"]) for s in r["spans"]]
         texts = [s["text"] for s in r["spans"]]
         choice = choose(spans, texts, [s["baseline"] for s in r["spans"]], r["question"], r["passages"],
-                        r["evidence"], min_gain=min_gain, min_focus=min_focus)  # fmt: skip
+                        r["evidence"], **checks)  # fmt: skip
         text = None
         if choice.span is not None:
             n = choice.span.passage
@@ -111,20 +116,32 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/reader-study"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    records = read_all(args)
+    records, service = read_all(args)
+    from functools import lru_cache
+
     from rich.console import Console
     from rich.table import Table
 
+    similarity = lru_cache(maxsize=None)(service._similarity)
+    rarity = service.retriever.lexical.rarity()
     answerable = sum(not r["withheld"] for r in records)
     table = Table(title=f"{len(records)} questions ({answerable} answerable, {len(records) - answerable} withheld)")
-    for column in ("min_answer_gain", "min_answer_focus", "F1", "precision", "coverage", "answered withheld"):
+    for column in ("focus weight", "min_answer_focus", "min_answer_similarity", "F1", "precision", "coverage",
+                   "answered withheld"):  # fmt: skip
         table.add_column(column, justify="right")
     grid = {}
-    for gain in (0.0, 1.0, 2.0):
-        for focus in (0.0, 0.3, 0.4, 0.5):
-            figures = replay(records, gain, focus)
-            grid[f"{gain}/{focus}"] = figures
-            table.add_row(str(gain), str(focus), *(str(v) for v in figures.values()))
+    before = replay(records, min_gain=1.0, min_focus=0.4)
+    grid["before"] = before
+    table.add_row("0 (unweighted)", "0.4", "–", *(str(v) for v in before.values()))
+    for weight in (0.0, 20.0):
+        for focus in (0.3, 0.35, 0.4, 0.45):
+            for least in (-1.0, 0.4, 0.45, 0.5):
+                figures = replay(records, min_gain=1.0, min_focus=focus, focus_weight=weight, rarity=rarity,
+                                 similarity=similarity, min_similarity=least)  # fmt: skip
+                grid[f"{weight}/{focus}/{least}"] = figures
+                table.add_row(
+                    str(weight), str(focus), "–" if least < -0.5 else str(least), *(str(v) for v in figures.values())
+                )
     Console().print(table)
     print(json.dumps(grid))
 
