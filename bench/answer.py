@@ -335,6 +335,11 @@ def main() -> None:
     parser.add_argument("--retrieval-questions", type=int, default=300)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument(
+        "--retrieval-only",
+        action="store_true",
+        help="Only retrieval latency at the SQuAD size and at 100k chunks: no peer, no server, no answers.",
+    )
     parser.add_argument("--runtime", choices=["openvino", "torch"], help="The served generator's runtime.")
     parser.add_argument("--compare-runtimes", action="store_true", help="Measure the generator on both runtimes.")
     parser.add_argument("--squad-prompts", type=int, default=100)
@@ -368,7 +373,7 @@ def main() -> None:
 
     data = SquadData.load(args.dataset)
     figures: dict[str, float | int | str] = {"passages": len(data.passages)}
-    peer = None if args.no_peer else run_peer(args.dataset, args.questions)  # first: clean peak RSS
+    peer = None if args.no_peer or args.retrieval_only else run_peer(args.dataset, args.questions)  # clean peak RSS
     sample = random.Random(0).sample(data.questions, args.retrieval_questions)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -397,6 +402,10 @@ def main() -> None:
         )
         print(f"retrieval over 100k chunks: p95 {figures['retrieval_p95_ms_100k']} ms", flush=True)
         del scaled, retriever, embedder
+        if args.retrieval_only:
+            figures["load_1min_at_end"] = round(os.getloadavg()[0], 2)
+            print(json.dumps(figures))
+            return
 
         env = {"RAG_DATA_DIR": str(settings.data_dir), "RAG_TRUST_PATH": str(trust)}
         if args.runtime:

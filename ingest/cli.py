@@ -199,8 +199,12 @@ def ingest(
     Example: rag ingest knowledge_base/examples/rejected ./my-docs
     """
     from ingest.pipeline import discover
+    from rag.runtime import mmap_large_allocations
     from rag.wiring import build_ingestor
 
+    # As in `rag serve`: blocks of 1 MiB or more (weights being converted, the detector's logits) go back to
+    # the system when freed instead of staying in the heap (measured: ~400 MB less peak RSS, README "Speed").
+    mmap_large_allocations()
     settings = _settings(ctx)
     total = len(discover(paths))  # a path that does not exist is refused before any store is opened
     ingestor = build_ingestor(settings, trust=_trust(settings, trust))

@@ -307,14 +307,15 @@ def test_real_scores_separate_human_from_model_text(settings: Settings) -> None:
         human = scorer.score(pydoc_text(topic))
         assert human.tokens > 50 and human.score < threshold, (topic, human)
 
-    lm: Any = model
-    tokenizer = lm.tokenizer
+    from rag.models import load_model
+
+    lm, tokenizer = load_model(settings.detector.model, settings.model_cache_dir)  # generates; the scorer is int8
     generated = []
     # Prompts written for this test: only the model's continuation is scored.
     for prompt in ("The history of the city begins in the Middle Ages, when", "A compiler translates a program"):
         ids = tokenizer(prompt, return_tensors="pt")
         with torch.inference_mode():
-            out = lm.model.generate(**ids, do_sample=False, max_new_tokens=100, pad_token_id=tokenizer.eos_token_id)
+            out = lm.generate(**ids, do_sample=False, max_new_tokens=100, pad_token_id=tokenizer.eos_token_id)
         generated.append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
     for text in generated:
         machine = scorer.score(text)
