@@ -355,12 +355,17 @@ class AnswerService:
         timings["read_ms"] = reading.seconds * 1000
         timings["tokens"] = 0.0
         timings["prompt_tokens"] = float(reading.prompt_tokens)  # the reader's prompt; it generates nothing
-        choice = choose(
-            reading.spans, reading.texts, reading.baselines, question, passages, evidence,
-            min_gain=self.settings.min_answer_gain, min_focus=self.settings.min_answer_focus,
-            focus_weight=self.settings.answer_focus_weight, rarity=self.retriever.lexical.rarity(),
-            similarity=self._similarity, min_similarity=self.settings.min_answer_similarity,
-        )  # fmt: skip
+        try:
+            choice = choose(
+                reading.spans, reading.texts, reading.baselines, question, passages, evidence,
+                min_gain=self.settings.min_answer_gain, min_focus=self.settings.min_answer_focus,
+                focus_weight=self.settings.answer_focus_weight, rarity=self.retriever.lexical.rarity(),
+                similarity=self._similarity, min_similarity=self.settings.min_answer_similarity,
+            )  # fmt: skip
+        except Exception:  # fail closed: checks that cannot run release nothing
+            log.exception("the extractive reader's checks failed; withholding the answer")
+            yield self._abstain(base, "grounding_check_failed", timings, started, retrieved)
+            return
         if choice.span is None:
             assert choice.reason is not None
             yield self._abstain(base, choice.reason, timings, started, retrieved, raw=choice.text)

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,7 @@ class LexicalIndex:
         self._ids: list[str] = []
         self._head: str | None = None
         self._rarity: Rarity | None = None
+        self._rarity_lock = threading.Lock()
 
     def rebuild(self, store: VectorStore, head: str, allowed: Container[str] | None = None) -> None:
         """Index the store's chunks (those in `allowed` only, when given: the ledger's commitments)."""
@@ -147,7 +149,10 @@ class LexicalIndex:
                 log.warning("the saved BM25 index names a chunk twice: rebuilt")
                 return None
             retriever = bm25s.BM25.load(str(self.directory / "bm25")) if ids else None
-        except (OSError, ValueError, KeyError):
+            if retriever is not None and int(retriever.scores["num_docs"]) != len(ids):
+                log.warning("the saved BM25 index does not hold the chunks its list names: rebuilt")
+                return None  # also what a swap by another process between the two reads looks like
+        except (OSError, ValueError, KeyError, TypeError):
             return None  # replaced under us by another process: rebuild
         self._retriever, self._ids, self._head, self._rarity = retriever, ids, head, None
         return head
@@ -170,19 +175,23 @@ class LexicalIndex:
     def rarity(self) -> Rarity:
         """How many indexed chunks hold each word (for `rag.reader.asked.focus`), worked out once per index
         from BM25's own postings: a word's count is the length of its column."""
-        if self._rarity is None:
-            if self._retriever is None or not self._ids:
-                self._rarity = Rarity()
-            else:
-                pointers = self._retriever.scores["indptr"]
+        with self._rarity_lock:  # one computation at a time; a request that waited finds it done
+            retriever, ids, rarity = self._retriever, self._ids, self._rarity
+            if rarity is not None:
+                return rarity
+            rarity = Rarity()
+            if retriever is not None and ids:
+                pointers = retriever.scores["indptr"]
                 columns = len(pointers) - 1
                 counts = (
                     (word, int(pointers[i + 1] - pointers[i]))
-                    for word, i in self._retriever.vocab_dict.items()
-                    if 0 <= i < columns
+                    for word, i in retriever.vocab_dict.items()
+                    if isinstance(i, int) and 0 <= i < columns
                 )
-                self._rarity = Rarity.from_counts(len(self._ids), counts)
-        return self._rarity
+                rarity = Rarity.from_counts(len(ids), counts)
+            if self._retriever is retriever:  # not replaced meanwhile (a rebuild resets the cache)
+                self._rarity = rarity
+            return rarity
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         if self._retriever is None or not self._ids:

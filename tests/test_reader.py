@@ -129,6 +129,8 @@ def test_common_prefix() -> None:
         ("What year was it founded?", False),
         ("Who wrote the letter?", False),
         ("What does the return statement leave?", True),
+        ("What did Luther refuse to do?", True),
+        ("What did Tesla build in 1888?", False),
     ],
 )
 def test_questions_asking_for_a_statement_are_told_apart_from_factoid_ones(question: str, statement: bool) -> None:

@@ -30,10 +30,13 @@ class Rarity:
     @classmethod
     def from_counts(cls, documents: int, counts: Iterable[tuple[str, int]]) -> Rarity:
         """From (word, chunks holding it) pairs in any tokenisation: each word is put in `content_words`' form
-        (lower case, stemmed, stop words dropped); forms shared by several words keep the largest count."""
+        (lower case, stemmed, stop words dropped); forms shared by several words keep the largest count. A
+        count is kept within [0, documents]: the counts come from a file in the data dir."""
+        documents = max(int(documents), 0)
         frequency: dict[str, int] = {}
         for word, count in counts:
-            for form in content_words(word):
+            count = min(max(int(count), 0), documents)
+            for form in content_words(str(word)):
                 frequency[form] = max(count, frequency.get(form, 0))
         return cls(documents, frequency)
 
@@ -47,14 +50,14 @@ class Rarity:
         if count is None:
             parts = [self.frequency.get(p, 0) for p in _PARTS.findall(word)]
             count = min(parts) if parts else 0
+        count = min(max(count, 0), self.documents)  # never a negative weight
         return math.log((self.documents + 1) / (count + 0.5))
 
 
-# Words that say how the question asks, not what about ("What happens when ...", "What is X called?", "Name
-# a kind of ..."): the sentence that answers seldom repeats them, and rare in a store, they would weigh most.
-ASKING_WORDS = frozenset(
-    {"happen", "mean", "call", "called", "name", "named", "term", "refer", "kind", "type", "sort", "example"}
-)
+# Words that say how the question asks, not what about ("What happens when ...", "What does X mean?"): the
+# sentence that answers seldom repeats them, and rare in a store, they would weigh most. Only these two: a
+# word such as "name", "type", "sort" or "call" is as often the topic (of Python's reference, for one).
+ASKING_WORDS = frozenset({"happen", "mean"})
 
 
 def focus(question: str, sentence: str, rarity: Rarity | None = None) -> float:
@@ -65,7 +68,7 @@ def focus(question: str, sentence: str, rarity: Rarity | None = None) -> float:
     total = sum(rarity.weight(w) for w in asked)
     if not asked or total <= 0:
         return 0.0
-    return sum(rarity.weight(w) for w in asked & set(content_words(sentence))) / total
+    return min(sum(rarity.weight(w) for w in asked & set(content_words(sentence))) / total, 1.0)
 
 
 NUMBER = "number"

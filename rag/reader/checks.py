@@ -94,6 +94,8 @@ def choose(
     ranked: list[tuple[float, Span, str, float, float, str]] = []
     ordered = False
     for span, text, baseline in zip(spans, texts, baselines, strict=True):
+        if not (math.isfinite(span.logprob) and math.isfinite(baseline)):
+            continue  # a score that is not a number ranks nothing and passes no threshold
         # No "[n]" that reads as a citation, no markup a chat client would render.
         if not answers_something(text, question) or citation_marks(text) or has_markup(text):
             continue
@@ -114,8 +116,10 @@ def choose(
     if not (_verbatim(text, passages[span.passage - 1]) and _verbatim(text, evidence[span.passage - 1])):
         return Choice(None, text, "unsupported_answer", 0.0, 0.0)
     gain = span.logprob - baseline
-    similar = similarity is None or (bool(sentence) and similarity(question, sentence) >= min_similarity)
-    if gain < min_gain or about < min_focus or not similar:
+    # Written so that NaN fails: `not (x >= t)`. The embedder is asked only when the rest passed.
+    if not (gain >= min_gain and about >= min_focus) or not (
+        similarity is None or (bool(sentence) and similarity(question, sentence) >= min_similarity)
+    ):
         return Choice(None, text, "does_not_answer", math.exp(span.logprob), gain)
     return Choice(span, text, None, math.exp(span.logprob), gain)
 
@@ -141,11 +145,11 @@ def read_sentence(span: str, evidence: str, passage: str) -> str:
 
 
 _FOOTNOTE = re.compile(r"^\[\d+\]\s*")
-# "What does X do / declare / specify?", "How does X work?", "Why ...?": the answer is a statement, not a name or
-# a number. ("What did X ...?" too: measured on 20 SQuAD questions of that form, precision rose 0.015 and F1
-# fell 0.005, the longer quotation holding the short answer.)
+# "What does X do / declare / specify?", "What did X do?", "How does X work?", "Why ...?": the answer is a
+# statement, not a name or a number. "What did X build?" asks for a thing: the span (a whole sentence carries
+# more than the answer, and any words in it the injection patterns miss).
 _DESCRIPTIVE = re.compile(
-    r"^\s*(?:what\s+(?:does|do|did)\b|what\s+happens\b|"
+    r"^\s*(?:what\s+(?:does|do)\b|what\s+did\b.*\b(?:do|mean|happen)\b|what\s+happens\b|"
     r"how\s+(?:does|do|did|is|are|can)\b|why\b|explain\b|describe\b)",
     re.IGNORECASE,
 )
