@@ -158,7 +158,7 @@ def test_an_answer_past_its_deadline_is_a_504_and_its_work_stops(short_deadline:
         response = client.post("/v1/answer", json={"question": QUESTION})
         assert time.monotonic() - started < 3
         assert response.status_code == 504 and response.json()["error"]["code"] == "deadline_exceeded"
-        assert generator.cancelled.wait(5)
+        assert generator.cancelled.wait(30)
         generator.stall_after = None
         short_deadline.answer.deadline_s = 30  # read per request: what follows is not a race with the clock
         again = client.post("/v1/answer", json={"question": QUESTION})  # the slot (queue of 1) is free
@@ -176,7 +176,7 @@ def test_a_stream_past_its_deadline_ends_with_an_error_event_after_checked_text_
     with TestClient(serving_app(short_deadline, corpus, generator)) as client:
         with client.stream("POST", "/v1/chat/completions", json=body) as response:
             lines = [line for line in response.iter_lines() if line.startswith("data: ")]
-        assert generator.cancelled.wait(5)
+        assert generator.cancelled.wait(30)
     assert lines[-1] == "data: [DONE]"
     events = [json.loads(line[6:]) for line in lines[:-1]]
     assert events[-1]["error"]["code"] == "deadline_exceeded"
@@ -217,7 +217,7 @@ def test_a_client_that_disconnects_cancels_its_work(
     with raw_connection(url) as sock:
         sock.sendall(request_bytes)
         assert generator.started.wait(5)
-    assert generator.cancelled.wait(5)  # the client left: its generation was stopped
+    assert generator.cancelled.wait(30)  # the client left: its generation was stopped
     generator.stall_after = None
     response = httpx.post(f"{url}/v1/answer", json={"question": QUESTION}, timeout=10)
     assert response.status_code == 200
