@@ -170,7 +170,11 @@ def test_an_answer_past_its_deadline_is_a_504_and_its_work_stops(short_deadline:
 def test_a_stream_past_its_deadline_ends_with_an_error_event_after_checked_text_only(
     short_deadline: Settings, corpus: Path
 ) -> None:
-    # The first sentence is checked and released; the reader then stalls in the middle of the second one.
+    # The first sentence is checked and released; the reader then stalls in the middle of the second one. The
+    # deadline leaves time for the work before the stall (retrieval, the first sentence's check): in the full
+    # suite, on a clean CI clone, 0.6 s ran out before the stall twice, and the stream then ended without the
+    # generator ever waiting to be told to stop.
+    short_deadline.answer.deadline_s = 3.0
     generator = StallingGenerator(f"{TRUE_SENTENCE} {REJECTED}", stall_after=8)
     body = {"messages": [{"role": "user", "content": QUESTION}], "stream": True}
     with TestClient(serving_app(short_deadline, corpus, generator)) as client:
