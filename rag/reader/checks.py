@@ -101,10 +101,10 @@ def choose(
             continue
         if not fits(text, kind):
             continue
-        if _on_orders(text, question, evidence[span.passage - 1], passages[span.passage - 1]):
+        sentence = read_sentence(text, evidence[span.passage - 1], passages[span.passage - 1])
+        if _on_orders(text, question, evidence[span.passage - 1], sentence):
             ordered = True
             continue
-        sentence = read_sentence(text, evidence[span.passage - 1], passages[span.passage - 1])
         about = focus(question, sentence, rarity)
         score = span.logprob + gain_weight * (span.logprob - baseline) + focus_weight * about
         ranked.append((score, span, text, baseline, about, sentence))
@@ -124,13 +124,12 @@ def choose(
     return Choice(span, text, None, math.exp(span.logprob), gain)
 
 
-def _on_orders(span: str, question: str, evidence: str, passage: str) -> bool:
+def _on_orders(span: str, question: str, evidence: str, read: str) -> bool:
     """Whether the span stands where a passage gives orders its instruction patterns missed: after a label and
     its colon, in a sentence of two labels, or in a sentence that restates the question and says how to reply
-    (`rag.injection.labelled_span`, `relays_an_order`)."""
-    sentence = read_sentence(span, evidence, passage) or next(
-        (s for s in split_sentences(" ".join(evidence.split())) if _occurs(span, s)), ""
-    )
+    (`rag.injection.labelled_span`, `relays_an_order`). `read` is the prose sentence the span was read from
+    (`read_sentence`), or "" when there is none: then the evidence sentence holding it."""
+    sentence = read or next((s for s in split_sentences(" ".join(evidence.split())) if _occurs(span, s)), "")
     return bool(sentence) and (labelled_span(span, sentence) or relays_an_order(sentence, question))
 
 
